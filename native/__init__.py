@@ -1,0 +1,9 @@
+"""Layer: native — the compiled C core (atomics, futex wait/wake, ring batches).
+
+Only shm_protocol may import this package. It re-exports the cffi ``ffi`` and
+``lib`` objects of the extension built from ``we_native.c`` at install time;
+mapping status codes to exceptions is shm_protocol's job.
+"""
+from ._atomics import ffi as ffi, lib as lib
+
+__all__ = ["ffi", "lib"]

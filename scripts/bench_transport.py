@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""Transport benchmark: wasm-engine rings vs multiprocessing.Pipe / Queue (/ pyzmq).
+
+Measures, in one run on this machine, between two processes:
+  * round-trip latency of a 64-byte message (median and p99), ping-pong;
+  * one-way throughput of 64-byte messages (batched where the transport allows).
+
+Prints a table; with --json the last line of stdout is one JSON object:
+  {"ring": {"rtt_us_p50": ..., "rtt_us_p99": ..., "msgs_per_s": ...}, "pipe": {...}, ...}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+
+import numpy as np
+
+MSG_BYTES = 64
+KIND = 1
+
+
+# ---- children (module level so the spawn start method can import them) ----
+def _ring_echo(name: str, n: int) -> None:
+    from wasm_engine.shm_protocol import Channel
+
+    ch = Channel.attach(name)
+    try:
+        # Serving loop: reply to the last request and wait for the next in
+        # one native call (seL4-style ReplyRecv).
+        r = ch.recv.pop(timeout_s=30)
+        for _ in range(n - 1):
+            r = ch.reply_recv(KIND, r.payload, timeout_s=30)
+        ch.send.push(KIND, r.payload, timeout_s=30)
+    finally:
+        ch.close()
+
+
+def _ring_produce(name: str, total: int, batch: int) -> None:
+    from wasm_engine.shm_protocol import Channel, RecordBatch
+
+    ch = Channel.attach(name)
+    try:
+        payload = np.tile(np.arange(MSG_BYTES, dtype=np.uint8), batch)
+        b = RecordBatch.from_arrays(kind=KIND, source=1, destination=2, tick=0,
+                                    seq=np.arange(batch), payload_len=np.full(batch, MSG_BYTES),
+                                    payload=payload)
+        ch.recv.pop(timeout_s=30)  # start signal
+        sent = 0
+        while sent < total:
+            ch.send.push_batch(b, timeout_s=30)
+            sent += batch
+    finally:
+        ch.close()
+
+
+def _pipe_echo(conn, n: int) -> None:
+    for _ in range(n):
+        conn.send_bytes(conn.recv_bytes())
+
+
+def _pipe_produce(conn, total: int, batch: int) -> None:
+    msg = bytes(MSG_BYTES)
+    conn.recv_bytes()
+    if batch == 1:
+        for _ in range(total):
+            conn.send_bytes(msg)
+    else:
+        blob = msg * batch
+        for _ in range(total // batch):
+            conn.send_bytes(blob)
+
+
+def _queue_echo(qin, qout, n: int) -> None:
+    for _ in range(n):
+        qout.put(qin.get())
+
+
+def _queue_produce(qin, qout, total: int) -> None:
+    msg = bytes(MSG_BYTES)
+    qin.get()
+    for _ in range(total):
+        qout.put(msg)
+
+
+def _zmq_echo(addr: str, n: int) -> None:
+    import zmq
+
+    s = zmq.Context.instance().socket(zmq.PAIR)
+    s.connect(addr)
+    for _ in range(n):
+        s.send(s.recv())
+    s.close(0)
+
+
+def _zmq_produce(addr: str, total: int) -> None:
+    import zmq
+
+    s = zmq.Context.instance().socket(zmq.PAIR)
+    s.connect(addr)
+    msg = bytes(MSG_BYTES)
+    s.recv()
+    for _ in range(total):
+        s.send(msg)
+    s.close(0)
+
+
+# ---- measurements ---------------------------------------------------------
+def _pct(samples_ns) -> tuple[float, float]:
+    a = np.asarray(samples_ns, dtype=np.float64) / 1000.0
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def bench_ring(ctx, rtt_n: int, tput_n: int, batch: int) -> dict:
+    from wasm_engine.shm_protocol import Channel
+
+    warm = rtt_n // 10
+    with Channel.create(capacity_bytes=1 << 22, tag="bench") as ch:
+        p = ctx.Process(target=_ring_echo, args=(ch.name, rtt_n + warm))
+        p.start()
+        msg = bytes(MSG_BYTES)
+        times = []
+        call = ch.call
+        clock = time.perf_counter_ns
+        for i in range(rtt_n + warm):
+            t0 = clock()
+            call(KIND, msg, timeout_s=30)
+            if i >= warm:
+                times.append(clock() - t0)
+        p.join(30)
+    with Channel.create(capacity_bytes=1 << 22, tag="bench") as ch:
+        p = ctx.Process(target=_ring_produce, args=(ch.name, tput_n, batch))
+        p.start()
+        got = 0
+        ch.send.push(KIND, b"go", timeout_s=30)
+        t0 = time.perf_counter()
+        while got < tput_n:
+            got += len(ch.recv.pop_batch(timeout_s=30))
+        dt = time.perf_counter() - t0
+        p.join(30)
+    p50, p99 = _pct(times)
+    return {"rtt_us_p50": p50, "rtt_us_p99": p99, "msgs_per_s": tput_n / dt, "batch": batch}
+
+
+def bench_pipe(ctx, rtt_n: int, tput_n: int, batch: int = 1) -> dict:
+    warm = rtt_n // 10
+    a, b = ctx.Pipe()
+    p = ctx.Process(target=_pipe_echo, args=(b, rtt_n + warm))
+    p.start()
+    msg = bytes(MSG_BYTES)
+    times = []
+    clock = time.perf_counter_ns
+    for i in range(rtt_n + warm):
+        t0 = clock()
+        a.send_bytes(msg)
+        a.recv_bytes()
+        if i >= warm:
+            times.append(clock() - t0)
+    p.join(30)
+    a, b = ctx.Pipe()
+    p = ctx.Process(target=_pipe_produce, args=(b, tput_n, batch))
+    p.start()
+    a.send_bytes(b"go")
+    t0 = time.perf_counter()
+    got = 0
+    while got < tput_n:
+        got += len(a.recv_bytes()) // MSG_BYTES
+    dt = time.perf_counter() - t0
+    p.join(30)
+    p50, p99 = _pct(times)
+    return {"rtt_us_p50": p50, "rtt_us_p99": p99, "msgs_per_s": tput_n / dt, "batch": batch}
+
+
+def bench_queue(ctx, rtt_n: int, tput_n: int) -> dict:
+    warm = rtt_n // 10
+    qin, qout = ctx.Queue(), ctx.Queue()
+    p = ctx.Process(target=_queue_echo, args=(qin, qout, rtt_n + warm))
+    p.start()
+    msg = bytes(MSG_BYTES)
+    times = []
+    clock = time.perf_counter_ns
+    for i in range(rtt_n + warm):
+        t0 = clock()
+        qin.put(msg)
+        qout.get()
+        if i >= warm:
+            times.append(clock() - t0)
+    p.join(30)
+    qin, qout = ctx.Queue(), ctx.Queue()
+    p = ctx.Process(target=_queue_produce, args=(qin, qout, tput_n))
+    p.start()
+    qin.put(b"go")
+    t0 = time.perf_counter()
+    for _ in range(tput_n):
+        qout.get()
+    dt = time.perf_counter() - t0
+    p.join(30)
+    p50, p99 = _pct(times)
+    return {"rtt_us_p50": p50, "rtt_us_p99": p99, "msgs_per_s": tput_n / dt, "batch": 1}
+
+
+def bench_zmq(ctx, rtt_n: int, tput_n: int) -> dict | None:
+    try:
+        import zmq
+    except ImportError:
+        return None
+    warm = rtt_n // 10
+    results = {}
+    for phase in ("rtt", "tput"):
+        addr = f"ipc:///tmp/we_bench_{os.getpid()}_{phase}"
+        s = zmq.Context.instance().socket(zmq.PAIR)
+        s.bind(addr)
+        if phase == "rtt":
+            p = ctx.Process(target=_zmq_echo, args=(addr, rtt_n + warm))
+            p.start()
+            msg = bytes(MSG_BYTES)
+            times = []
+            for i in range(rtt_n + warm):
+                t0 = time.perf_counter_ns()
+                s.send(msg)
+                s.recv()
+                if i >= warm:
+                    times.append(time.perf_counter_ns() - t0)
+            results["rtt_us_p50"], results["rtt_us_p99"] = _pct(times)
+        else:
+            p = ctx.Process(target=_zmq_produce, args=(addr, tput_n))
+            p.start()
+            s.send(b"go")
+            t0 = time.perf_counter()
+            for _ in range(tput_n):
+                s.recv()
+            results["msgs_per_s"] = tput_n / (time.perf_counter() - t0)
+        p.join(30)
+        s.close(0)
+        try:
+            os.unlink(addr[len("ipc://"):])
+        except FileNotFoundError:
+            pass
+    results["batch"] = 1
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rtt-n", type=int, default=20000, help="round trips per transport")
+    ap.add_argument("--tput-n", type=int, default=2_000_000, help="messages for ring throughput")
+    ap.add_argument("--slow-tput-n", type=int, default=200_000, help="messages for pipe/queue throughput")
+    ap.add_argument("--batch", type=int, default=1024, help="records per ring push_batch")
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = ap.parse_args(argv)
+    if min(args.rtt_n, args.tput_n, args.slow_tput_n, args.batch) <= 0:
+        ap.error("counts must be positive")
+    ctx = mp.get_context("spawn")
+    res = {}
+    t_start = time.perf_counter()
+    print(f"measuring on {os.cpu_count()} cores, {MSG_BYTES}-byte messages ...", file=sys.stderr)
+    res["ring"] = bench_ring(ctx, args.rtt_n, args.tput_n, args.batch)
+    res["pipe"] = bench_pipe(ctx, args.rtt_n, args.slow_tput_n)
+    res["pipe_batched"] = bench_pipe(ctx, 200, args.tput_n // 4 // args.batch * args.batch, args.batch)
+    res["queue"] = bench_queue(ctx, args.rtt_n, args.slow_tput_n)
+    z = bench_zmq(ctx, args.rtt_n, args.slow_tput_n)
+    if z is not None:
+        res["zmq_ipc"] = z
+    r, pi, q = res["ring"], res["pipe"], res["queue"]
+    res["targets"] = {
+        "ring_rtt_vs_pipe": pi["rtt_us_p50"] / r["rtt_us_p50"],
+        "ring_tput_vs_queue": r["msgs_per_s"] / q["msgs_per_s"],
+        "rtt_at_most_1_20_of_pipe": r["rtt_us_p50"] * 20 <= pi["rtt_us_p50"],
+        "tput_at_least_5M": r["msgs_per_s"] >= 5_000_000,
+        "tput_at_least_20x_queue": r["msgs_per_s"] >= 20 * q["msgs_per_s"],
+    }
+    print(f"{'transport':<14}{'rtt p50 us':>12}{'rtt p99 us':>12}{'msgs/s':>14}{'batch':>7}")
+    for k, v in res.items():
+        if k == "targets":
+            continue
+        print(f"{k:<14}{v['rtt_us_p50']:>12.2f}{v['rtt_us_p99']:>12.2f}{v['msgs_per_s']:>14,.0f}{v['batch']:>7}")
+    t = res["targets"]
+    print(f"ring RTT is 1/{t['ring_rtt_vs_pipe']:.1f} of Pipe's (target ≥ 20); "
+          f"ring throughput is {t['ring_tput_vs_queue']:.1f}x Queue's (target ≥ 20), "
+          f"{r['msgs_per_s'] / 1e6:.2f} M msgs/s (target ≥ 5); took {time.perf_counter() - t_start:.1f} s")
+    if "zmq_ipc" not in res:
+        print("pyzmq not installed: zmq row skipped", file=sys.stderr)
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""RecordBatch: many records as numpy arrays, so a batch moves in one call.
+
+Layer: shm_protocol. A batch is a structured array of 32-byte record headers
+(exactly the wire layout) plus one contiguous payload buffer holding the
+payloads back to back, unpadded. Reordering and selecting are numpy gathers,
+never per-record Python.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ._layout import KIND_MAX, KIND_MIN, RECORD_DTYPE
+
+
+class Record(NamedTuple):
+    """One record, for convenience APIs (``Ring.push``/``Ring.pop``).
+
+    A NamedTuple, not a frozen dataclass: it is built on the latency path and
+    a frozen dataclass costs microseconds per instance.
+    """
+
+    kind: int
+    payload: bytes
+    source: int = 0
+    destination: int = 0
+    tick: int = 0
+    seq: int = 0
+    flags: int = 0
+
+
+class RecordBatch:
+    """Headers (``RECORD_DTYPE`` array) + concatenated payloads (uint8 array)."""
+
+    __slots__ = ("headers", "payload", "_offsets")
+
+    def __init__(self, headers: np.ndarray, payload: np.ndarray) -> None:
+        if headers.dtype != RECORD_DTYPE:
+            raise TypeError("headers must use RECORD_DTYPE")
+        if payload.dtype != np.uint8 or payload.ndim != 1:
+            raise TypeError("payload must be a 1-D uint8 array")
+        total = int(headers["payload_len"].sum(dtype=np.uint64)) if len(headers) else 0
+        if total != len(payload):
+            raise ValueError(f"payload is {len(payload)} bytes, headers declare {total}")
+        self.headers = headers
+        self.payload = payload
+        self._offsets = None
+
+    # -- construction ------------------------------------------------------
+    @classmethod
+    def empty(cls) -> "RecordBatch":
+        return cls(np.zeros(0, RECORD_DTYPE), np.zeros(0, np.uint8))
+
+    @classmethod
+    def from_records(cls, records) -> "RecordBatch":
+        records = list(records)
+        headers = np.zeros(len(records), RECORD_DTYPE)
+        for i, r in enumerate(records):
+            if not KIND_MIN <= r.kind <= KIND_MAX:
+                raise ValueError(f"record kind {r.kind} outside [{KIND_MIN}, {KIND_MAX}]")
+            headers[i] = (r.kind, r.flags, len(r.payload), r.source, r.destination, r.tick, r.seq, 0)
+        payload = np.frombuffer(b"".join(bytes(r.payload) for r in records), np.uint8).copy()
+        return cls(headers, payload)
+
+    @classmethod
+    def from_arrays(cls, *, kind, source, destination, tick, seq, payload_len, payload, flags=0) -> "RecordBatch":
+        """Vectorised construction; scalars broadcast."""
+        n = len(payload_len)
+        headers = np.zeros(n, RECORD_DTYPE)
+        headers["kind"] = kind
+        headers["flags"] = flags
+        headers["payload_len"] = payload_len
+        headers["source"] = source
+        headers["destination"] = destination
+        headers["tick"] = tick
+        headers["seq"] = seq
+        return cls(headers, np.ascontiguousarray(payload, dtype=np.uint8))
+
+    @classmethod
+    def concat(cls, batches) -> "RecordBatch":
+        batches = [b for b in batches if len(b)]
+        if not batches:
+            return cls.empty()
+        return cls(
+            np.concatenate([b.headers for b in batches]),
+            np.concatenate([b.payload for b in batches]),
+        )
+
+    # -- access --------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.headers)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Start offset of each payload, plus the total at the end (n+1 entries)."""
+        if self._offsets is None:
+            off = np.zeros(len(self.headers) + 1, np.int64)
+            np.cumsum(self.headers["payload_len"], out=off[1:])
+            self._offsets = off
+        return self._offsets
+
+    def payload_of(self, i: int) -> bytes:
+        off = self.offsets
+        return self.payload[off[i] : off[i + 1]].tobytes()
+
+    def record(self, i: int) -> Record:
+        h = self.headers[i]
+        return Record(
+            int(h["kind"]), self.payload_of(i), int(h["source"]), int(h["destination"]),
+            int(h["tick"]), int(h["seq"]), int(h["flags"]),
+        )
+
+    def records(self) -> list[Record]:
+        return [self.record(i) for i in range(len(self))]
+
+    def take(self, index: np.ndarray) -> "RecordBatch":
+        """Records at ``index`` (any order, repeats allowed), payloads gathered in numpy."""
+        index = np.asarray(index, dtype=np.int64)
+        headers = self.headers[index]
+        lens = headers["payload_len"].astype(np.int64)
+        total = int(lens.sum())
+        if total == 0:
+            return RecordBatch(headers, np.zeros(0, np.uint8))
+        starts = self.offsets[:-1][index]
+        new_starts = np.zeros(len(index), np.int64)
+        np.cumsum(lens[:-1], out=new_starts[1:])
+        # Position j of the output reads input byte starts[k] + (j - new_starts[k]).
+        gather = np.arange(total, dtype=np.int64) + np.repeat(starts - new_starts, lens)
+        return RecordBatch(headers, self.payload[gather])
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, RecordBatch):
+            return NotImplemented
+        mask = [n for n in RECORD_DTYPE.names if n != "check"]
+        return (
+            len(self) == len(other)
+            and all(np.array_equal(self.headers[n], other.headers[n]) for n in mask)
+            and np.array_equal(self.payload, other.payload)
+        )
+
+    def __repr__(self) -> str:
+        return f"<RecordBatch {len(self)} records, {len(self.payload)} payload bytes>"

@@ -1,0 +1,338 @@
+"""Single-producer single-consumer rings inside a segment, and duplex channels.
+
+Layer: shm_protocol. All ring logic (space accounting, wrap-around, record
+validation, spin-then-futex waiting) runs in native C; this module converts
+arguments once per call and maps status codes to exceptions. One Python call
+moves a whole batch.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..native import ffi, lib
+from ._errors import ProtocolError, RingClosedError, RingFullError, raise_for_status
+from ._layout import (
+    KIND_MAX,
+    KIND_MIN,
+    MAX_RINGS,
+    RECORD_DTYPE,
+    RECORD_HEADER_BYTES,
+    RING_HEADER_BYTES,
+    RING_MAX_CAPACITY,
+    RING_MIN_CAPACITY,
+    SEGMENT_HEADER_BYTES,
+)
+from ._records import Record, RecordBatch
+from ._segment import Segment, _timeout_ns
+
+#: Default wait for push (ring full) and pop (ring empty): every wait has a limit.
+DEFAULT_TIMEOUT_S = 30.0
+#: Spin iterations (CPU pause each, ~10–40 ns) before a waiter blocks in the
+#: kernel: long enough to catch a busy peer, short enough that idle waiters
+#: do not burn a core when processes outnumber cores.
+DEFAULT_SPIN_ITERS = 2000
+#: Most records one pop_batch returns.
+DEFAULT_MAX_BATCH_RECORDS = 65536
+
+
+def ring_bytes(capacity_bytes: int) -> int:
+    return RING_HEADER_BYTES + capacity_bytes
+
+
+def _check_geometry(capacity_bytes: int, max_record_bytes: int) -> None:
+    if not isinstance(capacity_bytes, int) or capacity_bytes & (capacity_bytes - 1) or not (
+        RING_MIN_CAPACITY <= capacity_bytes <= RING_MAX_CAPACITY
+    ):
+        raise ValueError(
+            f"capacity_bytes must be a power of two in [{RING_MIN_CAPACITY}, {RING_MAX_CAPACITY}], got {capacity_bytes!r}"
+        )
+    if not isinstance(max_record_bytes, int) or max_record_bytes % 8 or not (
+        RECORD_HEADER_BYTES + 8 <= max_record_bytes <= capacity_bytes // 2
+    ):
+        raise ValueError(
+            f"max_record_bytes must be a multiple of 8 in [{RECORD_HEADER_BYTES + 8}, capacity/2], got {max_record_bytes!r}"
+        )
+
+
+class Ring:
+    """One SPSC ring. Exactly one process pushes and exactly one pops."""
+
+    __slots__ = (
+        "segment", "index", "name", "offset", "capacity_bytes", "max_record_bytes",
+        "spin_iters", "_hdr_out", "_hdr_ptr", "_pay_out", "_pay_ptr", "_n_out",
+        "_used_out", "_err_out", "_pushed_out", "_max_batch", "_one_hdr", "_one_pay",
+    )
+
+    def __init__(self, segment: Segment, index: int, *, spin_iters: int = DEFAULT_SPIN_ITERS,
+                 max_batch_records: int = DEFAULT_MAX_BATCH_RECORDS) -> None:
+        self.segment = segment
+        self.index = index
+        self.name = f"{segment.name}#{index}"
+        self.offset = segment.ring_offset(index)
+        err = ffi.new("uint64_t *")
+        rc = lib.we_ring_validate(segment.ptr, segment.size_bytes, self.offset, err)
+        if rc:
+            raise_for_status(rc, self.name, err[0])
+        self.capacity_bytes = segment.load_u64(self.offset + 8)
+        self.max_record_bytes = segment.load_u32(self.offset + 16)
+        self.spin_iters = spin_iters
+        self._max_batch = max_batch_records
+        # Pop buffers allocated once: the hot path allocates nothing but the
+        # arrays it hands back.
+        self._hdr_out = np.zeros(max_batch_records, RECORD_DTYPE)
+        self._hdr_ptr = ffi.from_buffer("we_record_header[]", self._hdr_out)
+        self._pay_out = np.zeros(self.capacity_bytes, np.uint8)
+        self._pay_ptr = ffi.from_buffer("uint8_t[]", self._pay_out)
+        self._n_out = ffi.new("uint32_t *")
+        self._used_out = ffi.new("uint64_t *")
+        self._err_out = ffi.new("uint64_t *")
+        self._pushed_out = ffi.new("uint32_t *")
+        # Single-record pops read fields from a C struct: far cheaper than
+        # numpy structured-scalar access on the latency path.
+        self._one_hdr = ffi.new("we_record_header[1]")
+        self._one_pay = ffi.new("uint8_t[]", self.max_record_bytes)
+
+    @staticmethod
+    def initialize(segment: Segment, index: int, offset: int, capacity_bytes: int,
+                   max_record_bytes: int) -> None:
+        """Lay out a fresh ring at ``offset`` (creator only, before any peer attaches)."""
+        _check_geometry(capacity_bytes, max_record_bytes)
+        rc = lib.we_ring_init(segment.ptr, segment.size_bytes, offset, capacity_bytes, max_record_bytes, index)
+        if rc:
+            raise_for_status(rc, f"{segment.name}#{index}", offset)
+        segment.set_ring_offset(index, offset)
+
+    def _base(self):
+        seg = self.segment
+        if seg._closed:
+            raise RingClosedError(f"ring {self.name}: its segment was closed by this process")
+        return seg.ptr
+
+    # -- push ---------------------------------------------------------------
+    def push(self, kind: int, payload: bytes = b"", *, source: int = 0, destination: int = 0,
+             tick: int = 0, seq: int = 0, flags: int = 0,
+             timeout_s: float | None = DEFAULT_TIMEOUT_S) -> None:
+        """Push one record; wait up to ``timeout_s`` for room (0: do not wait).
+
+        Raises RingFullError on timeout — the record was not written.
+        """
+        if not KIND_MIN <= kind <= KIND_MAX:
+            raise ValueError(f"record kind {kind} outside [{KIND_MIN}, {KIND_MAX}]")
+        if not isinstance(payload, bytes):
+            payload = bytes(payload)
+        rc = lib.we_ring_push_one(
+            self._base(), self.segment.size_bytes, self.offset, kind, flags, source, destination,
+            tick, seq, payload, len(payload), _timeout_ns(timeout_s), self.spin_iters, self._err_out,
+        )
+        if rc:
+            if rc == lib.WE_TIMEOUT:
+                raise RingFullError(f"ring {self.name}: full for {timeout_s} s", 0)
+            raise_for_status(rc, self.name, self._err_out[0])
+
+    def push_batch(self, batch: RecordBatch, *, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> None:
+        """Push every record of ``batch`` in order, waiting for room as needed.
+
+        Raises RingFullError (with ``.pushed``) if the timeout expires first;
+        records before ``.pushed`` are in the ring, the rest are not.
+        """
+        n = len(batch)
+        if n == 0:
+            return
+        headers = np.ascontiguousarray(batch.headers)
+        payload = np.ascontiguousarray(batch.payload)
+        kinds = headers["kind"]
+        if (kinds < KIND_MIN).any() or (kinds > KIND_MAX).any():
+            raise ValueError(f"ring {self.name}: batch holds record kinds outside [{KIND_MIN}, {KIND_MAX}]")
+        rc = lib.we_ring_push(
+            self._base(), self.segment.size_bytes, self.offset,
+            ffi.from_buffer("we_record_header[]", headers), n,
+            ffi.from_buffer("uint8_t[]", payload), len(payload),
+            _timeout_ns(timeout_s), self.spin_iters, self._pushed_out, self._err_out,
+        )
+        if rc:
+            if rc == lib.WE_TIMEOUT:
+                raise RingFullError(
+                    f"ring {self.name}: full for {timeout_s} s after {self._pushed_out[0]} of {n} records",
+                    self._pushed_out[0],
+                )
+            raise_for_status(rc, self.name, self._err_out[0])
+
+    # -- pop ------------------------------------------------------------------
+    def _pop(self, max_records: int, timeout_s: float | None) -> int:
+        rc = lib.we_ring_pop(
+            self._base(), self.segment.size_bytes, self.offset, self._hdr_ptr, max_records,
+            self._pay_ptr, self.capacity_bytes, _timeout_ns(timeout_s), self.spin_iters,
+            self._n_out, self._used_out, self._err_out,
+        )
+        if rc == lib.WE_TIMEOUT:
+            return 0
+        if rc:
+            raise_for_status(rc, self.name, self._err_out[0])
+        return self._n_out[0]
+
+    def pop(self, *, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> Record | None:
+        """The next record, or None if none arrived within ``timeout_s``."""
+        rc = lib.we_ring_pop(
+            self._base(), self.segment.size_bytes, self.offset, self._one_hdr, 1,
+            self._one_pay, self.max_record_bytes, _timeout_ns(timeout_s), self.spin_iters,
+            self._n_out, self._used_out, self._err_out,
+        )
+        if rc:
+            if rc == lib.WE_TIMEOUT:
+                return None
+            raise_for_status(rc, self.name, self._err_out[0])
+        h = self._one_hdr[0]
+        return Record(h.kind, ffi.buffer(self._one_pay, h.payload_len)[:], h.source,
+                      h.destination, h.tick, h.seq, h.flags)
+
+    def pop_batch(self, max_records: int | None = None, *,
+                  timeout_s: float | None = DEFAULT_TIMEOUT_S) -> RecordBatch:
+        """Up to ``max_records`` records (waiting up to ``timeout_s`` for the first).
+
+        Returns an empty batch on timeout. The arrays are copies: the caller may
+        keep them.
+        """
+        limit = self._max_batch if max_records is None else min(max_records, self._max_batch)
+        if limit <= 0:
+            raise ValueError("max_records must be positive")
+        n = self._pop(limit, timeout_s)
+        if not n:
+            return RecordBatch.empty()
+        return RecordBatch(self._hdr_out[:n].copy(), self._pay_out[: self._used_out[0]].copy())
+
+    def stats(self) -> dict:
+        used = ffi.new("uint64_t *")
+        pushed = ffi.new("uint64_t *")
+        popped = ffi.new("uint64_t *")
+        rc = lib.we_ring_stats(self._base(), self.segment.size_bytes, self.offset, used, pushed, popped)
+        if rc:
+            raise_for_status(rc, self.name, self.offset)
+        return {"used_bytes": used[0], "capacity_bytes": self.capacity_bytes,
+                "records_pushed": pushed[0], "records_popped": popped[0]}
+
+    def __repr__(self) -> str:
+        return f"<Ring {self.name} capacity={self.capacity_bytes}>"
+
+
+def create_ring_segment(geometries, *, tag: str = "") -> Segment:
+    """Create a segment holding one ring per ``(capacity_bytes, max_record_bytes)``."""
+    from ._segment import new_segment_name
+
+    geometries = list(geometries)
+    if not 1 <= len(geometries) <= MAX_RINGS:
+        raise ValueError(f"a segment holds 1..{MAX_RINGS} rings")
+    for cap, rec in geometries:
+        _check_geometry(cap, rec)
+    size = SEGMENT_HEADER_BYTES + sum(ring_bytes(cap) for cap, _ in geometries)
+    seg = Segment.create(size, name=new_segment_name(tag), ring_count=len(geometries))
+    try:
+        off = SEGMENT_HEADER_BYTES
+        for i, (cap, rec) in enumerate(geometries):
+            Ring.initialize(seg, i, off, cap, rec)
+            off += ring_bytes(cap)
+    except BaseException:
+        seg.close()
+        seg.unlink()
+        raise
+    return seg
+
+
+class Channel:
+    """A duplex link between two processes: one segment, two SPSC rings.
+
+    The creating side (``Channel.create``) sends on ring 0 and receives on
+    ring 1; the attaching side (``Channel.attach``) the reverse. The creator
+    alone unlinks the segment (``close()`` does it for the owner).
+    """
+
+    DEFAULT_CAPACITY_BYTES = 1 << 22
+    DEFAULT_MAX_RECORD_BYTES = 1 << 16
+
+    def __init__(self, segment: Segment, *, spin_iters: int = DEFAULT_SPIN_ITERS) -> None:
+        if segment.ring_count != 2:
+            raise ProtocolError(f"segment {segment.name} holds {segment.ring_count} rings, a channel has 2")
+        self.segment = segment
+        self._xchg = None
+        down = Ring(segment, 0, spin_iters=spin_iters)
+        up = Ring(segment, 1, spin_iters=spin_iters)
+        self.send, self.recv = (down, up) if segment.owner else (up, down)
+
+    @classmethod
+    def create(cls, *, capacity_bytes: int = DEFAULT_CAPACITY_BYTES,
+               max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, tag: str = "",
+               spin_iters: int = DEFAULT_SPIN_ITERS) -> "Channel":
+        seg = create_ring_segment([(capacity_bytes, max_record_bytes)] * 2, tag=tag)
+        try:
+            return cls(seg, spin_iters=spin_iters)
+        except BaseException:
+            seg.close()
+            seg.unlink()
+            raise
+
+    @classmethod
+    def attach(cls, name: str, *, spin_iters: int = DEFAULT_SPIN_ITERS) -> "Channel":
+        seg = Segment.attach(name)
+        try:
+            return cls(seg, spin_iters=spin_iters)
+        except BaseException:
+            seg.close()
+            raise
+
+    @property
+    def name(self) -> str:
+        return self.segment.name
+
+    def _refs(self):
+        if self._xchg is None:
+            def ref(ring):
+                r = ffi.new("we_ring_ref *")
+                r.base = ring.segment.ptr
+                r.size = ring.segment.size_bytes
+                r.ring_off = ring.offset
+                r.spin_iters = ring.spin_iters
+                return r
+            cap = self.recv.max_record_bytes
+            self._xchg = (ref(self.send), ref(self.recv), ffi.new("we_record_header *"),
+                          ffi.new("uint8_t[]", cap), cap, ffi.new("uint64_t *"))
+        return self._xchg
+
+    def call(self, kind: int, payload: bytes = b"", *, source: int = 0, destination: int = 0,
+             tick: int = 0, seq: int = 0, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> Record | None:
+        """Send one record and wait for the next incoming one, in a single native call.
+
+        The latency path of request/response (and, from the serving side, of
+        reply-then-receive — see :meth:`reply_recv`). Returns None if nothing
+        arrived within ``timeout_s``; raises RingFullError if the send half
+        could not get room in time.
+        """
+        if self.segment._closed:
+            raise RingClosedError(f"channel {self.name} is closed")
+        out, inp, hdr, buf, cap, err = self._refs()
+        if not KIND_MIN <= kind <= KIND_MAX:
+            raise ValueError(f"record kind {kind} outside [{KIND_MIN}, {KIND_MAX}]")
+        rc = lib.we_ring_exchange(out, inp, kind, source, destination, tick, seq, payload,
+                                  len(payload), hdr, buf, cap, _timeout_ns(timeout_s), err)
+        if rc:
+            if rc == lib.WE_TIMEOUT:
+                return None
+            if rc == lib.WE_ERR_FULL_TIMEOUT:
+                raise RingFullError(f"ring {self.send.name}: full for {timeout_s} s", 0)
+            raise_for_status(rc, self.recv.name, err[0])
+        return Record(hdr.kind, ffi.unpack(ffi.cast("char *", buf), hdr.payload_len), hdr.source,
+                      hdr.destination, hdr.tick, hdr.seq, hdr.flags)
+
+    #: Serving side: reply to the last request and wait for the next one.
+    reply_recv = call
+
+    def close(self) -> None:
+        """Unmap; the owner also unlinks. Idempotent."""
+        self._xchg = None
+        self.segment.close()
+        if self.segment.owner:
+            self.segment.unlink()
+
+    def __enter__(self) -> "Channel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,224 @@
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from wasm_engine.shm_protocol import (
+    Channel, Record, RecordBatch, RecordTooLargeError, Ring, RingClosedError,
+    RingCorruptError, RingFullError, create_ring_segment,
+)
+from wasm_engine.shm_protocol._reference import ReferenceRing, encode_record
+
+CAP = 4096
+MAXREC = 1024
+
+
+@pytest.fixture
+def ring():
+    seg = create_ring_segment([(CAP, MAXREC)])
+    try:
+        yield Ring(seg, 0)
+    finally:
+        seg.close()
+        seg.unlink()
+
+
+def data_image(ring) -> bytes:
+    off = ring.offset + 256
+    return bytes(ring.segment._shm.buf[off : off + ring.capacity_bytes])
+
+
+def test_single_roundtrip_and_wire_bytes(ring):
+    ring.push(5, b"hello", source=1, destination=2, tick=3, seq=4, flags=6, timeout_s=0)
+    assert data_image(ring)[:40] == encode_record(5, b"hello", 1, 2, 3, 4, 6)
+    assert ring.pop(timeout_s=0) == Record(5, b"hello", 1, 2, 3, 4, 6)
+    assert ring.pop(timeout_s=0) is None
+
+
+def test_batch_roundtrip_preserves_order(ring):
+    recs = [Record(1 + i % 7, bytes([i]) * (i % 50), i, i + 1, i * 3, i) for i in range(40)]
+    ring.push_batch(RecordBatch.from_records(recs), timeout_s=0)
+    got = ring.pop_batch(timeout_s=0)
+    assert got.records() == recs
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("push"), st.integers(1, 0xFFFE), st.integers(0, MAXREC - 32)),
+        st.tuples(st.just("pop"), st.just(0), st.just(0)),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=ops)
+def test_wraparound_matches_reference_model(ring, ops):
+    """Native ring == pure-Python model, byte for byte, over random op sequences."""
+    # fresh ring state per example
+    Ring.initialize(ring.segment, 0, ring.offset, CAP, MAXREC)
+    ref = ReferenceRing(CAP, MAXREC)
+    seq = 0
+    for op, kind, size in ops:
+        if op == "push":
+            payload = bytes((seq * 31 + j) & 0xFF for j in range(size))
+            accepted = ref.push(kind, payload, seq, seq + 1, seq, seq)
+            if accepted:
+                ring.push(kind, payload, source=seq, destination=seq + 1, tick=seq, seq=seq, timeout_s=0)
+            else:
+                with pytest.raises(RingFullError):
+                    ring.push(kind, payload, source=seq, destination=seq + 1, tick=seq, seq=seq, timeout_s=0)
+            seq += 1
+        else:
+            want = ref.pop()
+            got = ring.pop(timeout_s=0)
+            if want is None:
+                assert got is None
+            else:
+                assert tuple(got) == (want[0], want[1], want[2], want[3], want[4], want[5], want[6])
+        assert ring.stats()["used_bytes"] == ref.w - ref.r
+    assert data_image(ring) == ref.image()
+
+
+def test_full_ring_never_drops(ring):
+    payload = b"x" * 200
+    n = 0
+    while True:
+        try:
+            ring.push(1, payload, seq=n, timeout_s=0)
+        except RingFullError:
+            break
+        n += 1
+    assert n == CAP // (32 + 200)
+    with pytest.raises(RingFullError):
+        ring.push(1, payload, timeout_s=0.01)  # waits, then says so
+    got = [ring.pop(timeout_s=0).seq for _ in range(n)]
+    assert got == list(range(n))
+
+
+def test_batch_push_reports_partial_progress(ring):
+    recs = RecordBatch.from_records([Record(1, b"y" * 100, seq=i) for i in range(100)])
+    with pytest.raises(RingFullError) as ei:
+        ring.push_batch(recs, timeout_s=0)
+    pushed = ei.value.pushed
+    assert 0 < pushed < 100
+    assert [r.seq for r in ring.pop_batch(timeout_s=0).records()] == list(range(pushed))
+
+
+def test_too_large_record_is_rejected_whole(ring):
+    with pytest.raises(RecordTooLargeError):
+        ring.push(1, b"z" * MAXREC, timeout_s=0)
+    batch = RecordBatch.from_records([Record(1, b"a"), Record(1, b"z" * MAXREC)])
+    with pytest.raises(RecordTooLargeError):
+        ring.push_batch(batch, timeout_s=0)
+    assert ring.pop(timeout_s=0) is None  # nothing of the bad batch went in
+
+
+@pytest.mark.parametrize("kind", [0, 0xFFFF, 70000, -1])
+def test_reserved_kinds_rejected(ring, kind):
+    with pytest.raises((ValueError, OverflowError)):
+        ring.push(kind, b"", timeout_s=0)
+
+
+# ---- corrupt or hostile shared bytes -----------------------------------------
+def _poke(ring, rel_offset: int, data: bytes) -> None:
+    off = ring.offset + rel_offset
+    ring.segment._shm.buf[off : off + len(data)] = data
+
+
+def test_bad_magic_named_with_ring_and_offset(ring):
+    _poke(ring, 0, b"XXXX")
+    with pytest.raises(RingCorruptError) as ei:
+        ring.pop(timeout_s=0)
+    assert ei.value.ring == ring.name and ei.value.offset == ring.offset
+    assert ring.name in str(ei.value) and "magic" in str(ei.value)
+
+
+def test_bad_version(ring):
+    _poke(ring, 4, (9).to_bytes(2, "little"))
+    with pytest.raises(RingCorruptError, match="version"):
+        ring.push(1, b"", timeout_s=0)
+
+
+def test_indices_out_of_range(ring):
+    _poke(ring, 64, (CAP * 3).to_bytes(8, "little"))  # write index way past read + capacity
+    with pytest.raises(RingCorruptError, match="indices"):
+        ring.pop(timeout_s=0)
+
+
+def test_length_running_past_the_ring(ring):
+    ring.push(1, b"abc", timeout_s=0)
+    _poke(ring, 256 + 4, (CAP * 2).to_bytes(4, "little"))  # payload_len of record 0
+    with pytest.raises(RingCorruptError) as ei:
+        ring.pop(timeout_s=0)
+    assert ei.value.offset == ring.offset + 256
+
+
+def test_checksum_mismatch(ring):
+    ring.push(1, b"abcdefgh", timeout_s=0)
+    _poke(ring, 256 + 32, b"X")
+    with pytest.raises(RingCorruptError, match="checksum"):
+        ring.pop(timeout_s=0)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.binary(min_size=1, max_size=600), where=st.integers(0, 256 + CAP - 1),
+       prefill=st.integers(0, 10))
+def test_fuzz_decoder_never_crashes(ring, garbage, where, prefill):
+    """Random bytes anywhere in the ring: pop returns records or raises RingCorruptError."""
+    Ring.initialize(ring.segment, 0, ring.offset, CAP, MAXREC)
+    for i in range(prefill):
+        ring.push(1, bytes([i]) * (i * 13), seq=i, timeout_s=0)
+    garbage = garbage[: 256 + CAP - where]
+    _poke(ring, where, garbage)
+    for _ in range(20):
+        try:
+            if not len(ring.pop_batch(timeout_s=0)):
+                break
+        except RingCorruptError as e:
+            assert e.ring == ring.name
+            assert ring.offset <= e.offset < ring.offset + 256 + CAP or e.offset < 2**32
+            break
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(headers=st.binary(min_size=256, max_size=256))
+def test_fuzz_header_never_crashes(ring, headers):
+    _poke(ring, 0, headers)
+    try:
+        Ring(ring.segment, 0)
+    except RingCorruptError:
+        pass
+    try:
+        ring.pop_batch(timeout_s=0)
+        ring.push(1, b"abc", timeout_s=0)
+    except (RingCorruptError, RingFullError):
+        pass
+
+
+def test_record_batch_take_gathers_payloads():
+    recs = [Record(1, bytes([i]) * i, seq=i) for i in range(10)]
+    b = RecordBatch.from_records(recs)
+    idx = np.array([9, 0, 3, 3, 5])
+    assert b.take(idx).records() == [recs[i] for i in idx]
+    assert RecordBatch.concat([b.take(idx[:2]), b.take(idx[2:])]) == b.take(idx)
+
+
+def test_closed_channel_raises():
+    ch = Channel.create(capacity_bytes=4096, max_record_bytes=512)
+    ch.close()
+    with pytest.raises(RingClosedError):
+        ch.send.push(1, b"", timeout_s=0)
+    with pytest.raises(RingClosedError):
+        ch.call(1, b"", timeout_s=0)
+
+
+def test_channel_call_and_geometry_errors():
+    with Channel.create(capacity_bytes=4096, max_record_bytes=512) as ch:
+        ch.send.push(2, b"req", timeout_s=0)
+        # the owner's send ring is the peer's recv ring; loop it back by hand
+        assert ch.send.pop(timeout_s=0).payload == b"req"
+        assert ch.call(3, b"x", timeout_s=0.01) is None
+    with pytest.raises(ValueError, match="power of two"):
+        Channel.create(capacity_bytes=5000)
+    with pytest.raises(ValueError, match="max_record_bytes"):
+        Channel.create(capacity_bytes=4096, max_record_bytes=4096)
