@@ -1,0 +1,136 @@
+"""What a run writes into each replay-log tick frame, and how ticks are digested.
+
+Layer: orchestrator. The container (frames, checksums, truncation) is
+``_replaylog``; this module fixes the *sections* of a wasm-engine run and
+their digests (docs/REPLAY_LOG.md, "Run sections").
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from ..shm_protocol import RECORD_DTYPE, RecordBatch
+from ..worker import STATE_DTYPE
+from ._errors import DivergenceError
+from ._replaylog import LogWriter
+
+S_RECORDS = 1   # u64 count, count × 32-byte record headers (check = 0), payload bytes
+S_FUEL = 2      # u32 per agent: fuel used this tick
+S_STATUS = 3    # u8 per agent: AgentStatus after this tick
+S_DIGESTS = 4   # 32 bytes inputs digest, 32 records digest, 32 state digest
+S_INFERENCE = 5  # inference results (issue: inference process)
+S_FINAL = 6     # last tick only: STATE_DTYPE per agent, sorted by agent id
+S_RUN_HASH = 7  # last tick only: the 32-byte run hash
+
+SECTION_NAMES = {
+    str(S_RECORDS): "records", str(S_FUEL): "fuel", str(S_STATUS): "status", str(S_DIGESTS): "digests",
+    str(S_INFERENCE): "inference", str(S_FINAL): "final_states", str(S_RUN_HASH): "run_hash",
+}
+
+
+def _h(person: bytes):
+    return hashlib.blake2b(digest_size=32, person=person)
+
+
+def hash_records(h, batch: RecordBatch) -> None:
+    """Fold records into a hash: headers with the transport's check field zeroed, then payloads."""
+    if not len(batch):
+        return
+    hd = batch.headers.copy()
+    hd["check"] = 0
+    h.update(len(batch).to_bytes(8, "little"))
+    h.update(hd.tobytes())
+    h.update(batch.payload.tobytes())
+
+
+def encode_records(batch: RecordBatch) -> bytes:
+    hd = batch.headers.copy()
+    hd["check"] = 0
+    return len(batch).to_bytes(8, "little") + hd.tobytes() + batch.payload.tobytes()
+
+
+def decode_records(data) -> RecordBatch:
+    data = memoryview(data)
+    n = int.from_bytes(data[:8], "little")
+    end = 8 + n * RECORD_DTYPE.itemsize
+    headers = np.frombuffer(data[8:end], RECORD_DTYPE).copy()
+    return RecordBatch(headers, np.frombuffer(data[end:], np.uint8).copy())
+
+
+def tick_sections(records: RecordBatch, fuel: np.ndarray, status: np.ndarray, inputs_digest: bytes,
+                  final: np.ndarray | None) -> tuple[dict[int, bytes], bytes]:
+    rec = encode_records(records)
+    rd = _h(b"we-records")
+    rd.update(rec)
+    sd = _h(b"we-state")
+    sd.update(fuel.astype("<u4").tobytes())
+    sd.update(status.astype(np.uint8).tobytes())
+    digests = inputs_digest + rd.digest() + sd.digest()
+    sections = {S_RECORDS: rec, S_FUEL: fuel.astype("<u4").tobytes(), S_STATUS: status.astype(np.uint8).tobytes(),
+                S_DIGESTS: digests}
+    if final is not None:
+        sections[S_FINAL] = final.tobytes()
+    return sections, digests
+
+
+def open_writer(path, header: dict, module_blobs: dict[str, bytes], kind_specs, fsync_every_ticks: int) -> LogWriter:
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # One blob per kind, in kind order (the header's "modules" list says which).
+    modules = [module_blobs[k.module_sha256] for k in kind_specs]
+    return LogWriter(path, header, modules, fsync_every_ticks=fsync_every_ticks)
+
+
+def compare_tick(reader, tick: int, got: dict[int, bytes]) -> None:
+    """Raise DivergenceError naming the first differing tick, agent and record."""
+    if tick >= reader.tick_count:
+        raise DivergenceError(f"tick {tick}: the log ends before this tick", tick, None, None)
+    want = reader.read_tick(tick)
+    if bytes(want.get(S_DIGESTS, b"")) == got[S_DIGESTS] and (
+        S_FINAL not in got or bytes(want.get(S_FINAL, b"")) == got[S_FINAL]
+    ) and (S_RUN_HASH not in got or bytes(want.get(S_RUN_HASH, b"")) == got[S_RUN_HASH]):
+        return
+    w_rec, g_rec = decode_records(want.get(S_RECORDS, b"\0" * 8)), decode_records(got[S_RECORDS])
+    n = min(len(w_rec), len(g_rec))
+    for i in range(n):
+        if w_rec.headers[i].tobytes() != g_rec.headers[i].tobytes() or w_rec.payload_of(i) != g_rec.payload_of(i):
+            agent = int(g_rec.headers[i]["source"])
+            raise DivergenceError(
+                f"tick {tick}: record {i} differs (agent {agent}): log has {_desc(w_rec, i)}, "
+                f"re-execution produced {_desc(g_rec, i)}", tick, agent, i)
+    if len(w_rec) != len(g_rec):
+        longer = w_rec if len(w_rec) > n else g_rec
+        agent = int(longer.headers[n]["source"])
+        raise DivergenceError(
+            f"tick {tick}: log has {len(w_rec)} records, re-execution produced {len(g_rec)} "
+            f"(first extra: record {n}, agent {agent})", tick, agent, n)
+    for name, sec, dtype in (("fuel", S_FUEL, "<u4"), ("status", S_STATUS, np.uint8)):
+        a = np.frombuffer(bytes(want.get(sec, b"")), dtype)
+        b = np.frombuffer(got[sec], dtype)
+        if len(a) != len(b) or not np.array_equal(a, b):
+            diff = np.flatnonzero(a != b) if len(a) == len(b) else np.array([0])
+            agent = int(diff[0])
+            raise DivergenceError(f"tick {tick}: agent {agent} {name} differs: log {a[agent] if len(a) > agent else '-'}"
+                                  f", re-execution {b[agent] if len(b) > agent else '-'}", tick, agent, None)
+    if S_FINAL in got:
+        a = np.frombuffer(bytes(want.get(S_FINAL, b"")), STATE_DTYPE)
+        b = np.frombuffer(got[S_FINAL], STATE_DTYPE)
+        if len(a) == len(b):
+            diff = np.flatnonzero(a != b)
+            if len(diff):
+                agent = int(b[diff[0]]["agent"])
+                raise DivergenceError(f"tick {tick}: final state of agent {agent} differs", tick, agent, None)
+    raise DivergenceError(f"tick {tick}: digests differ (inputs delivered to agents differ)", tick, None, None)
+
+
+KIND_NAMES = {17: "msg", 18: "log", 19: "publish", 20: "infer", 21: "trap", 22: "halt", 2: "deliver"}
+FLAG_NAMES = {0: "committed", 1: "deferred", 2: "dropped"}
+
+
+def _desc(batch: RecordBatch, i: int) -> str:
+    h = batch.headers[i]
+    p = batch.payload_of(i)
+    return (f"{KIND_NAMES.get(int(h['kind']), h['kind'])} {int(h['source'])}->{int(h['destination'])} "
+            f"seq {int(h['seq'])} {len(p)} bytes {p[:16].hex()}")

@@ -1,0 +1,362 @@
+"""The supervisor: sequences every tick's commits. The heart of determinism.
+
+Layer: orchestrator. Each pass of the loop has a fixed order of phases:
+
+    for tick t, for each stage s (one stage unless the scheduler is "dag"):
+      1. deliver  — hand each group the messages committed for its agents of
+                    stage s (sorted by recipient, sender, sender's seq);
+      2. run      — every group steps its agents of stage s, in isolation;
+      3. gather   — collect all outputs; order them canonically by (source, seq);
+      4. admit    — the scheduler applies the tick's message budget;
+      5. route    — committed messages go to (t, later stage) under "dag",
+                    else to (t + 1, recipient's stage);
+    then: log the tick (records, fuel, digests), fold it into the run hash.
+
+Nothing here depends on wall-clock time, process count, which group ran
+which agent, or the order in which groups answered: every input to a
+decision is sorted first. See docs/RUNTIME.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..shm_protocol import LAYOUT_VERSION, RECORD_DTYPE, RecordBatch
+from ..worker import (
+    ABI_VERSION,
+    FLAG_COMMITTED,
+    FLAG_DEFERRED,
+    FLAG_DROPPED,
+    FUEL_DTYPE,
+    K_DELIVER,
+    K_FUEL,
+    K_HALT,
+    K_MSG,
+    K_STATE,
+    K_TRAP,
+    STATE_DTYPE,
+    AgentStatus,
+    GroupSpec,
+    KindSpec,
+    unchunk,
+)
+from ..worker import AgentLoadError as _WorkerLoadError
+from ..worker import check_module as _check_module
+from . import _runlog
+from ._errors import AgentLoadError, RunError
+from ._links import InlineLink, ProcessLink
+from ._scenario import Scenario
+from ._scheduler import admit, backlog_keep
+
+#: Undelivered messages an agent may have waiting (deferred by the budget),
+#: as a multiple of its per-tick send quota. Beyond it they are dropped and counted.
+BACKLOG_QUOTA_MULTIPLE = 4
+
+
+@dataclass
+class RunSummary:
+    run_hash: str
+    ticks: int
+    agents: int
+    agent_steps: int
+    messages: int
+    deferred: int
+    dropped: int
+    traps: int
+    wall_s: float
+    agent_steps_per_s: float
+    workers: int
+    restarts: int
+    log_path: str | None
+    transport: str
+    quarantined: int = 0
+    halted: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+
+def assign_groups(n_agents: int, n_groups: int, how: str | np.ndarray) -> np.ndarray:
+    """Group index of every agent: "block" (contiguous), "round_robin", or an explicit array."""
+    if isinstance(how, np.ndarray):
+        if how.shape != (n_agents,) or how.min(initial=0) < 0 or how.max(initial=0) >= n_groups:
+            raise ValueError("explicit assignment must give each agent a group in [0, groups)")
+        return how.astype(np.int64)
+    if how == "round_robin":
+        return np.arange(n_agents, dtype=np.int64) % n_groups
+    if how == "block":
+        return (np.arange(n_agents, dtype=np.int64) * n_groups) // max(n_agents, 1)
+    raise ValueError(f"unknown assignment {how!r}")
+
+
+def module_table(scenario: Scenario) -> tuple[list[KindSpec], dict[str, bytes]]:
+    """Read, hash and ABI-check every module before any process starts."""
+    import wasmtime
+
+    engine = wasmtime.Engine()
+    specs, blobs = [], {}
+    for k in scenario.kinds:
+        try:
+            data = Path(k.module_path).read_bytes()
+        except OSError as e:
+            raise AgentLoadError(f"{k.module_path}: cannot read agent module of kind '{k.name}': {e.strerror}") from None
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            module = wasmtime.Module(engine, data)
+        except wasmtime.WasmtimeError as e:
+            raise AgentLoadError(f"{k.module_path}: not a valid WebAssembly module: {str(e).splitlines()[0]}") from None
+        try:
+            _check_module(module, str(k.module_path), k.name, k.capabilities)
+        except _WorkerLoadError as e:
+            raise AgentLoadError(str(e)) from None
+        blobs[sha] = data
+        specs.append(KindSpec(
+            name=k.name, module_path=str(Path(k.module_path).resolve()), module_sha256=sha,
+            capabilities=tuple(sorted(k.capabilities)), fuel_per_tick=k.fuel_per_tick,
+            memory_limit_bytes=k.memory_limit_bytes, max_sends_per_tick=k.max_sends_per_tick,
+            max_infers_per_tick=k.max_infers_per_tick, stage=k.stage, config_hex=k.config.hex(),
+            first_agent_id=k.first_agent_id, count=k.count,
+        ))
+    return specs, blobs
+
+
+class Supervisor:
+    """Runs one scenario. ``transport`` is "process" (one OS process per group) or "inline"."""
+
+    def __init__(self, scenario: Scenario, *, groups: int | None = None,
+                 assignment: str | np.ndarray | None = None, transport: str = "process",
+                 log_path: str | os.PathLike | None = None, expected=None, progress=None) -> None:
+        self.sc = scenario
+        n = scenario.total_agents
+        g = groups if groups is not None else (scenario.groups or os.cpu_count() or 1)
+        if not 1 <= g <= 4096:
+            raise ValueError("groups must be in [1, 4096]")
+        self.n_groups = min(g, max(n, 1))
+        self.group_of = assign_groups(n, self.n_groups, assignment if assignment is not None else scenario.assignment)
+        if transport not in ("process", "inline"):
+            raise ValueError(f"unknown transport {transport!r}")
+        self.transport = transport
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.expected = expected  # a LogReader for verify: compare instead of trusting
+        self.progress = progress
+        self.kind_specs, self.module_blobs = module_table(scenario)
+        self.stage_of = np.zeros(n, np.int64)
+        self.priority_of = np.ones(n, np.int64)
+        self.backlog_limit = np.zeros(n, np.int64)
+        for k in scenario.kinds:
+            sl = slice(k.first_agent_id, k.first_agent_id + k.count)
+            self.stage_of[sl] = k.stage if scenario.scheduler == "dag" else 0
+            self.priority_of[sl] = k.priority
+            self.backlog_limit[sl] = max(1, k.max_sends_per_tick) * BACKLOG_QUOTA_MULTIPLE
+        self.stages = sorted(set(self.stage_of.tolist())) or [0]
+
+    # -- header / identity -------------------------------------------------------
+    def header(self) -> dict:
+        import wasmtime
+
+        return {
+            "format": "wasm-engine-run",
+            "abi_version": ABI_VERSION,
+            "layout_version": LAYOUT_VERSION,
+            "seed": self.sc.seed,
+            "ticks": self.sc.ticks,
+            "agents": self.sc.total_agents,
+            "scenario_name": self.sc.name,
+            "scenario_text": self.sc.source_text,
+            "scenario_path": str(self.sc.path),
+            "scenario_sha256": hashlib.sha256(self.sc.canonical_bytes()).hexdigest(),
+            "modules": [{"kind": k.name, "sha256": k.module_sha256,
+                         "file": os.path.relpath(self.sc.kinds[i].module_path, Path(self.sc.path).parent)}
+                        for i, k in enumerate(self.kind_specs)],
+            "wasmtime_version": getattr(wasmtime, "__version__", "50.0.1"),
+            "log_sections": _runlog.SECTION_NAMES,
+        }
+
+    def identity_digest(self) -> bytes:
+        """What the run hash starts from: everything that defines the run, nothing about placement."""
+        h = hashlib.blake2b(digest_size=32, person=b"we-run-ident")
+        h.update(self.sc.canonical_bytes())
+        h.update(ABI_VERSION.to_bytes(4, "little"))
+        for k in self.kind_specs:
+            h.update(bytes.fromhex(k.module_sha256))
+        return h.digest()
+
+    # -- links -------------------------------------------------------------------
+    def _make_links(self):
+        specs = []
+        for g in range(self.n_groups):
+            ids = np.flatnonzero(self.group_of == g)
+            specs.append(GroupSpec(group_index=g, run_seed=self.sc.seed, total_agents=self.sc.total_agents,
+                                   max_message_bytes=self.sc.max_message_bytes, n_models=len(self.sc.models),
+                                   kinds=tuple(self.kind_specs), agent_ids=tuple(ids.tolist())))
+        if self.transport == "inline":
+            return [InlineLink(s, self.module_blobs) for s in specs]
+        ctx = multiprocessing.get_context("spawn")
+        links = []
+        try:
+            for s in specs:
+                links.append(ProcessLink(s, ctx))
+        except BaseException:
+            for link in links:
+                link.close()
+            raise
+        return links
+
+    # -- the run -----------------------------------------------------------------
+    def run(self) -> RunSummary:
+        t0 = time.perf_counter()
+        links = self._make_links()
+        writer = None
+        try:
+            for link in links:
+                link.start()
+            for link in links:
+                link.wait_ready()
+            if self.log_path is not None:
+                writer = _runlog.open_writer(self.log_path, self.header(), self.module_blobs, self.kind_specs,
+                                             self.sc.fsync_every_ticks)
+            summary = self._loop(links, writer, t0)
+            if writer is not None:
+                writer.close()
+            return summary
+        finally:
+            if writer is not None and not writer.closed:
+                writer.close()
+            for link in links:
+                try:
+                    link.close()
+                except Exception:  # noqa: BLE001 - close every link whatever happens
+                    pass
+
+    def _loop(self, links, writer, t0) -> RunSummary:
+        sc, n = self.sc, self.sc.total_agents
+        run_hash = hashlib.blake2b(digest_size=32, person=b"we-run-hash")
+        run_hash.update(self.identity_digest())
+        pending: dict[tuple[int, int], list[RecordBatch]] = {}
+        backlog: dict[int, RecordBatch] = {}
+        status = np.zeros(n, np.uint8)
+        stats = {"agent_steps": 0, "messages": 0, "deferred": 0, "dropped": 0, "traps": 0}
+        budget = sc.message_budget_per_tick
+        for tick in range(sc.ticks):
+            fuel = np.zeros(n, np.uint32)
+            logged, inputs_digest = [], hashlib.blake2b(digest_size=32, person=b"we-inputs")
+            remaining = budget
+            for stage in self.stages:
+                deliveries = RecordBatch.concat(pending.pop((tick, stage), []))
+                deliveries = _sort(deliveries, ("destination", "source", "seq"))
+                _runlog.hash_records(inputs_digest, deliveries)
+                # 1-2. deliver + run, every group at once
+                if len(deliveries):
+                    by_group = self.group_of[deliveries.headers["destination"].astype(np.int64)]
+                    order = np.argsort(by_group, kind="stable")
+                    deliveries = deliveries.take(order)
+                    bounds = np.searchsorted(by_group[order], np.arange(self.n_groups + 1))
+                else:
+                    bounds = np.zeros(self.n_groups + 1, np.int64)
+                for g, link in enumerate(links):
+                    link.run_stage(tick, stage, deliveries.take(np.arange(bounds[g], bounds[g + 1])))
+                # 3. gather, then canonical order: nothing depends on which group answered first
+                outs = RecordBatch.concat([link.collect() for link in links])
+                kinds = outs.headers["kind"]
+                f = unchunk(outs, K_FUEL, FUEL_DTYPE)
+                fuel[f["agent"]] += f["fuel"]
+                stats["agent_steps"] += len(f)
+                outs = outs.take(np.flatnonzero(kinds != K_FUEL))
+                outs.headers["check"] = 0
+                outs = _sort(outs, ("source", "seq"))
+                h = outs.headers
+                status[h["source"][h["kind"] == K_TRAP]] = AgentStatus.QUARANTINED
+                status[h["source"][h["kind"] == K_HALT]] = AgentStatus.HALTED
+                stats["traps"] += int((h["kind"] == K_TRAP).sum())
+                # 4. admit messages under the tick's budget (backlog first: older seqs)
+                is_msg = h["kind"] == K_MSG
+                cands = RecordBatch.concat([backlog.pop(stage, RecordBatch.empty()), outs.take(np.flatnonzero(is_msg))])
+                cands = _sort(cands, ("source", "seq"))
+                src = cands.headers["source"].astype(np.int64)
+                ok = admit(sc.scheduler, src, remaining, tick, n, self.priority_of)
+                if budget > 0:
+                    remaining = max(0, remaining - int(ok.sum()))
+                committed = cands.take(np.flatnonzero(ok))
+                rest = cands.take(np.flatnonzero(~ok))
+                keep = backlog_keep(rest.headers["source"], self.backlog_limit)
+                if len(rest):
+                    backlog[stage] = rest.take(np.flatnonzero(keep))
+                    dropped = rest.take(np.flatnonzero(~keep))
+                    stats["deferred"] += int(keep.sum())
+                    stats["dropped"] += len(dropped)
+                else:
+                    dropped = RecordBatch.empty()
+                # 5. route
+                self._route(committed, tick, stage, pending)
+                stats["messages"] += len(committed)
+                others = outs.take(np.flatnonzero(~is_msg))
+                committed.headers["flags"] = FLAG_COMMITTED
+                deferred = rest.take(np.flatnonzero(keep))
+                deferred.headers["flags"] = FLAG_DEFERRED
+                dropped.headers["flags"] = FLAG_DROPPED
+                logged.append(RecordBatch.concat([others, committed, deferred, dropped]))
+            records = _sort(RecordBatch.concat(logged), ("source", "seq", "flags"))
+            final = None
+            if tick == sc.ticks - 1:
+                final = self._final_states(links)
+            sections, digest = _runlog.tick_sections(records, fuel, status, inputs_digest.digest(), final)
+            run_hash.update(tick.to_bytes(8, "little") + digest)
+            if final is not None:
+                run_hash.update(final.tobytes())
+                sections[_runlog.S_RUN_HASH] = run_hash.digest()
+            if self.expected is not None:
+                _runlog.compare_tick(self.expected, tick, sections)
+            if writer is not None:
+                writer.append_tick(tick, sections)
+            if self.progress is not None:
+                self.progress(tick + 1, sc.ticks, stats["agent_steps"], time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        return RunSummary(
+            run_hash=run_hash.hexdigest(), ticks=sc.ticks, agents=n, agent_steps=stats["agent_steps"],
+            messages=stats["messages"], deferred=stats["deferred"], dropped=stats["dropped"],
+            traps=stats["traps"], wall_s=wall, agent_steps_per_s=stats["agent_steps"] / wall if wall else 0.0,
+            workers=self.n_groups if self.transport == "process" else 0, restarts=0,
+            log_path=str(self.log_path) if self.log_path else None, transport=self.transport,
+            quarantined=int((status == AgentStatus.QUARANTINED).sum()),
+            halted=int((status == AgentStatus.HALTED).sum()),
+        )
+
+    def _route(self, committed: RecordBatch, tick: int, stage: int, pending) -> None:
+        if not len(committed):
+            return
+        committed = committed.take(np.arange(len(committed)))  # private copy
+        committed.headers["kind"] = K_DELIVER
+        committed.headers["tick"] = tick
+        dst = committed.headers["destination"].astype(np.int64)
+        dst_stage = self.stage_of[dst]
+        when = np.where(dst_stage > stage, tick, tick + 1)
+        for (t, s) in sorted(set(zip(when.tolist(), dst_stage.tolist()))):
+            sel = np.flatnonzero((when == t) & (dst_stage == s))
+            if t < self.sc.ticks:
+                pending.setdefault((t, s), []).append(committed.take(sel))
+
+    def _final_states(self, links) -> np.ndarray:
+        for link in links:
+            link.request_final()
+        st = np.concatenate([unchunk(link.collect(), K_STATE, STATE_DTYPE) for link in links])
+        return np.sort(st, order="agent")
+
+
+def _sort(batch: RecordBatch, keys: tuple[str, ...]) -> RecordBatch:
+    if len(batch) < 2:
+        return batch
+    h = batch.headers
+    order = np.lexsort(tuple(h[k] for k in reversed(keys)))
+    if np.array_equal(order, np.arange(len(order))):
+        return batch
+    return batch.take(order)
