@@ -421,8 +421,6 @@ class GroupHost:
         addr = self._span(a, ptr, n, "send")
         if n > self.spec.max_message_bytes:
             return -3
-        if self.tick == INIT_TICK and False:
-            return -1
         if a.sends >= a.quota:
             return -1
         dst &= 0xFFFFFFFF
