@@ -42,22 +42,16 @@ __all__ = [
 ABI_VERSION = 1
 
 #: Directory holding ``we_agent.h``; added to the include path of every C build.
+from ..worker import ABI_EXPORTS as _WORKER_EXPORTS, IMPORTS as _WORKER_IMPORTS
+
 SDK_DIR = Path(__file__).parent / "sdk"
 
 IMPORT_MODULE = "we"
 
-# name -> (params, results, capability); capability None = always granted.
+# The ABI tables are the worker's (the host that enforces them); this module
+# only re-shapes them with type names as strings, so there is one definition.
 ABI_IMPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str | None]] = {
-    "recv": (("i32", "i32", "i32"), ("i32",), "recv"),
-    "inbox_count": ((), ("i32",), "recv"),
-    "send": (("i32", "i32", "i32"), ("i32",), "send"),
-    "rand_u64": ((), ("i64",), "rand"),
-    "tick": ((), ("i64",), "tick"),
-    "log": (("i32", "i32"), ("i32",), "log"),
-    "publish": (("i32", "i32"), ("i32",), "publish"),
-    "infer": (("i32", "i32", "i32"), ("i64",), "infer"),
-    "config_read": (("i32", "i32"), ("i32",), None),
-    "agent_count": ((), ("i32",), None),
+    name: (tuple(map(str, p)), tuple(map(str, r)), cap) for name, (p, r, cap) in _WORKER_IMPORTS.items()
 }
 
 #: Imports every agent may use whatever its capabilities.
@@ -65,9 +59,7 @@ ALWAYS_GRANTED = frozenset(name for name, (_, _, cap) in ABI_IMPORTS.items() if 
 
 # name -> (params, results); plus the exported linear memory "memory".
 ABI_EXPORTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "we_abi_version": ((), ("i32",)),
-    "we_init": (("i32", "i64", "i32"), ("i32",)),
-    "we_step": (("i64",), ("i32",)),
+    name: (tuple(map(str, p)), tuple(map(str, r))) for name, (p, r) in _WORKER_EXPORTS.items()
 }
 
 # Stack for C agents.  wasm-ld's default under zig is 1 MiB, which alone

@@ -5,6 +5,7 @@ May import shm_protocol (and, through it, native); never orchestrator.
 from ._abi import (
     ABI_VERSION as ABI_VERSION,
     CAPABILITIES as CAPABILITIES,
+    EXPORTS as ABI_EXPORTS,
     IMPORTS as IMPORTS,
     AgentLoadError as AgentLoadError,
     check_module as check_module,

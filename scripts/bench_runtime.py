@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Runtime benchmark: agent-steps/s and ticks/s for 1,000 and 10,000 agents.
+
+Runs an example scenario (default: examples/epidemic) with its agent count
+overridden, through the real supervisor and worker processes, and prints a
+table; with --json the last line is one JSON object:
+  {"example": ..., "runs": [{"agents": 1000, "agent_steps_per_s": ..., "ticks_per_s": ...,
+                             "startup_s": ..., "steady_agent_steps_per_s": ...}, ...]}
+"Steady" figures exclude the first tick (process start, module compile, we_init).
+This path calls agents through wasmtime-py; a later issue moves the inner loop to C.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(scenario_path: Path, agents: int, ticks: int, workers: int) -> dict:
+    from wasm_engine.orchestrator import Supervisor, load_scenario
+
+    sc = load_scenario(scenario_path)
+    if len(sc.kinds) != 1:
+        raise SystemExit(f"{scenario_path}: bench needs a single-kind scenario")
+    sc = dataclasses.replace(sc, kinds=(dataclasses.replace(sc.kinds[0], count=agents),)).with_overrides(ticks=ticks)
+    marks = {}
+
+    def progress(done, total, steps, elapsed_s):
+        marks[done] = (time.perf_counter(), steps)
+
+    t0 = time.perf_counter()
+    s = Supervisor(sc, groups=workers, transport="process", progress=progress).run()
+    wall = time.perf_counter() - t0
+    (t1, s1), (tn, sn) = marks[1], marks[ticks]
+    steady = (tn - t1)
+    return {
+        "agents": agents, "ticks": ticks, "workers": workers, "agent_steps": s.agent_steps,
+        "wall_s": wall, "agent_steps_per_s": s.agent_steps / wall, "ticks_per_s": ticks / wall,
+        "startup_s": t1 - t0,
+        "steady_agent_steps_per_s": (sn - s1) / steady if steady > 0 else None,
+        "steady_ticks_per_s": (ticks - 1) / steady if steady > 0 else None,
+        "messages": s.messages, "run_hash": s.run_hash,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--example", default=str(ROOT / "examples/epidemic/scenario.toml"))
+    ap.add_argument("--agents", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--ticks", type=int, nargs="+", default=[20, 5], help="ticks per agent count")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    ticks = args.ticks if len(args.ticks) == len(args.agents) else [args.ticks[0]] * len(args.agents)
+    if any(t < 2 for t in ticks):
+        ap.error("--ticks must be >= 2 (the first tick is excluded from steady-state figures)")
+    runs = []
+    print(f"{'agents':>8}{'ticks':>7}{'workers':>8}{'steps/s':>12}{'ticks/s':>9}{'startup s':>11}"
+          f"{'steady steps/s':>16}{'steady ticks/s':>16}")
+    for n, t in zip(args.agents, ticks):
+        r = bench(Path(args.example), n, t, args.workers)
+        runs.append(r)
+        print(f"{n:>8}{t:>7}{r['workers']:>8}{r['agent_steps_per_s']:>12,.0f}{r['ticks_per_s']:>9.2f}"
+              f"{r['startup_s']:>11.2f}{r['steady_agent_steps_per_s']:>16,.0f}{r['steady_ticks_per_s']:>16.2f}",
+              flush=True)
+    if args.json:
+        print(json.dumps({"example": args.example, "runs": runs}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
