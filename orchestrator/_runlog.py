@@ -59,7 +59,7 @@ def decode_records(data) -> RecordBatch:
 
 
 def tick_sections(records: RecordBatch, fuel: np.ndarray, status: np.ndarray, inputs_digest: bytes,
-                  final: np.ndarray | None) -> tuple[dict[int, bytes], bytes]:
+                  final: np.ndarray | None, inference: RecordBatch | None = None) -> tuple[dict[int, bytes], bytes]:
     rec = encode_records(records)
     rd = _h(b"we-records")
     rd.update(rec)
@@ -71,6 +71,11 @@ def tick_sections(records: RecordBatch, fuel: np.ndarray, status: np.ndarray, in
                 S_DIGESTS: digests}
     if final is not None:
         sections[S_FINAL] = final.tobytes()
+    if inference is not None:
+        # Result bytes as the inference process returned them; verify and
+        # replay deliver these instead of running any model. Their content
+        # already enters the inputs digest as the agents' deliveries.
+        sections[S_INFERENCE] = encode_records(inference)
     return sections, digests
 
 

@@ -35,9 +35,11 @@ from ..worker import (
     FLAG_DEFERRED,
     FLAG_DROPPED,
     FUEL_DTYPE,
+    INFERENCE_SENDER,
     K_DELIVER,
     K_FUEL,
     K_HALT,
+    K_INFER,
     K_MSG,
     K_STATE,
     K_TRAP,
@@ -51,6 +53,7 @@ from ..worker import AgentLoadError as _WorkerLoadError
 from ..worker import check_module as _check_module
 from . import _runlog
 from ._errors import AgentLoadError, RunError
+from ._inference import InlineInference, ProcessInference, model_config
 from ._links import InlineLink, ProcessLink
 from ._scenario import Scenario
 from ._scheduler import admit, backlog_keep
@@ -135,7 +138,8 @@ class Supervisor:
 
     def __init__(self, scenario: Scenario, *, groups: int | None = None,
                  assignment: str | np.ndarray | None = None, transport: str = "process",
-                 log_path: str | os.PathLike | None = None, expected=None, progress=None) -> None:
+                 log_path: str | os.PathLike | None = None, expected=None, progress=None,
+                 provider: str | None = None, inference=None) -> None:
         self.sc = scenario
         n = scenario.total_agents
         g = groups if groups is not None else (scenario.groups or os.cpu_count() or 1)
@@ -162,6 +166,11 @@ class Supervisor:
             self.priority_of[sl] = k.priority
             self.backlog_limit[sl] = max(1, k.max_sends_per_tick) * BACKLOG_QUOTA_MULTIPLE
         self.stages = sorted(set(self.stage_of.tolist())) or [0]
+        self.infer_limit = np.zeros(n, np.int64)
+        for k in scenario.kinds:
+            self.infer_limit[k.first_agent_id:k.first_agent_id + k.count] = max(1, k.max_infers_per_tick) * BACKLOG_QUOTA_MULTIPLE
+        self.provider = provider
+        self._inference = inference  # a source given by the caller (verify: the log)
 
     # -- header / identity -------------------------------------------------------
     def header(self) -> dict:
@@ -195,6 +204,14 @@ class Supervisor:
         return h.digest()
 
     # -- links -------------------------------------------------------------------
+    def _make_inference(self):
+        if self._inference is not None or not self.sc.models:
+            return self._inference
+        cfg = model_config(self.sc, self.provider)
+        if self.transport == "inline":
+            return InlineInference(cfg)
+        return ProcessInference(cfg, multiprocessing.get_context("spawn"))
+
     def _make_links(self):
         specs = []
         for g in range(self.n_groups):
@@ -221,8 +238,18 @@ class Supervisor:
         links = self._make_links()
         writer = None
         try:
+            self.inference = self._make_inference()
+        except BaseException:
+            for link in links:
+                link.close()
+            raise
+        try:
+            if self.inference is not None:
+                self.inference.start()
             for link in links:
                 link.start()
+            if self.inference is not None:
+                self.inference.wait_ready()
             for link in links:
                 link.wait_ready()
             if self.log_path is not None:
@@ -235,6 +262,11 @@ class Supervisor:
         finally:
             if writer is not None and not writer.closed:
                 writer.close()
+            if self.inference is not None:
+                try:
+                    self.inference.close()
+                except Exception:  # noqa: BLE001
+                    pass
             for link in links:
                 try:
                     link.close()
@@ -248,12 +280,24 @@ class Supervisor:
         pending: dict[tuple[int, int], list[RecordBatch]] = {}
         backlog: dict[int, RecordBatch] = {}
         status = np.zeros(n, np.uint8)
-        stats = {"agent_steps": 0, "messages": 0, "deferred": 0, "dropped": 0, "traps": 0}
+        stats = {"agent_steps": 0, "messages": 0, "deferred": 0, "dropped": 0, "traps": 0, "inference_requests": 0}
         budget = sc.message_budget_per_tick
+        inf_backlog: dict[int, RecordBatch] = {}
+        submitted: set[int] = set()
+        latency = sc.inference_latency_ticks
         for tick in range(sc.ticks):
             fuel = np.zeros(n, np.uint32)
             logged, inputs_digest = [], hashlib.blake2b(digest_size=32, person=b"we-inputs")
             remaining = budget
+            inf_remaining = sc.inference_budget_per_tick
+            tick_requests = []
+            # 0. inference results due now (requests of tick - latency); wait if late
+            inf_results = RecordBatch.empty()
+            if tick - latency in submitted:
+                submitted.discard(tick - latency)
+                inf_results = self.inference.results(tick - latency)
+                inf_results.headers["check"] = 0
+                self._deliver_results(inf_results, tick, pending)
             for stage in self.stages:
                 deliveries = RecordBatch.concat(pending.pop((tick, stage), []))
                 deliveries = _sort(deliveries, ("destination", "source", "seq"))
@@ -302,17 +346,45 @@ class Supervisor:
                 # 5. route
                 self._route(committed, tick, stage, pending)
                 stats["messages"] += len(committed)
-                others = outs.take(np.flatnonzero(~is_msg))
+                # 4b. admit inference requests under the tick's inference budget
+                is_inf = h["kind"] == K_INFER
+                icands = _sort(RecordBatch.concat([inf_backlog.pop(stage, RecordBatch.empty()),
+                                                   outs.take(np.flatnonzero(is_inf))]), ("source", "seq"))
+                iok = admit(sc.scheduler, icands.headers["source"].astype(np.int64), inf_remaining, tick, n,
+                            self.priority_of)
+                if sc.inference_budget_per_tick > 0:
+                    inf_remaining = max(0, inf_remaining - int(iok.sum()))
+                iadm = icands.take(np.flatnonzero(iok))
+                irest = icands.take(np.flatnonzero(~iok))
+                ikeep = backlog_keep(irest.headers["source"], self.infer_limit)
+                if len(irest):
+                    inf_backlog[stage] = irest.take(np.flatnonzero(ikeep))
+                tick_requests.append(iadm)
+                others = outs.take(np.flatnonzero(~is_msg & ~is_inf))
                 committed.headers["flags"] = FLAG_COMMITTED
                 deferred = rest.take(np.flatnonzero(keep))
                 deferred.headers["flags"] = FLAG_DEFERRED
                 dropped.headers["flags"] = FLAG_DROPPED
-                logged.append(RecordBatch.concat([others, committed, deferred, dropped]))
+                iadm_log = iadm.take(np.arange(len(iadm)))
+                iadm_log.headers["flags"] = FLAG_COMMITTED
+                idef = irest.take(np.flatnonzero(ikeep))
+                idef.headers["flags"] = FLAG_DEFERRED
+                idrop = irest.take(np.flatnonzero(~ikeep))
+                idrop.headers["flags"] = FLAG_DROPPED
+                stats["dropped"] += len(idrop)
+                logged.append(RecordBatch.concat([others, committed, deferred, dropped, iadm_log, idef, idrop]))
+            # 6. submit this tick's admitted requests; results are due at tick + latency
+            requests = _sort(RecordBatch.concat(tick_requests), ("source", "seq"))
+            if len(requests) and tick + latency < sc.ticks:
+                self.inference.submit(tick, requests)
+                submitted.add(tick)
+                stats["inference_requests"] += len(requests)
             records = _sort(RecordBatch.concat(logged), ("source", "seq", "flags"))
             final = None
             if tick == sc.ticks - 1:
                 final = self._final_states(links)
-            sections, digest = _runlog.tick_sections(records, fuel, status, inputs_digest.digest(), final)
+            sections, digest = _runlog.tick_sections(records, fuel, status, inputs_digest.digest(), final,
+                                                     inf_results if len(inf_results) else None)
             run_hash.update(tick.to_bytes(8, "little") + digest)
             if final is not None:
                 run_hash.update(final.tobytes())
@@ -334,7 +406,28 @@ class Supervisor:
             log_path=str(self.log_path) if self.log_path else None, transport=self.transport,
             quarantined=int((status == AgentStatus.QUARANTINED).sum()),
             halted=int((status == AgentStatus.HALTED).sum()),
+            extra={"inference_requests": stats["inference_requests"],
+                   "models": self.inference.info if self.inference is not None else []},
         )
+
+    def _deliver_results(self, results: RecordBatch, tick: int, pending) -> None:
+        """Inference results become inbox messages from INFERENCE_SENDER (docs/ABI.md):
+        payload = u64 request id (the agent's seq) + u32 status + u32 zero + result bytes."""
+        if not len(results):
+            return
+        h = results.headers
+        prefix = np.zeros((len(results), 16), np.uint8)
+        prefix[:, 0:8] = h["seq"].astype("<u8").view(np.uint8).reshape(-1, 8)
+        prefix[:, 8:12] = h["flags"].astype("<u4").view(np.uint8).reshape(-1, 4)
+        msgs = results.with_prefix(prefix)
+        mh = msgs.headers
+        mh["kind"] = K_DELIVER
+        mh["flags"] = 0
+        mh["source"] = INFERENCE_SENDER
+        mh["tick"] = tick
+        dst_stage = self.stage_of[mh["destination"].astype(np.int64)]
+        for s in sorted(set(dst_stage.tolist())):
+            pending.setdefault((tick, s), []).append(msgs.take(np.flatnonzero(dst_stage == s)))
 
     def _route(self, committed: RecordBatch, tick: int, stage: int, pending) -> None:
         if not len(committed):

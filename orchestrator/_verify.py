@@ -73,7 +73,13 @@ def verify(path, *, groups: int | None = None, transport: str = "process", progr
         if n_ticks == 0:
             return VerifyResult(True, 0, 0, reader.truncated, None)
         expected = _Expected(reader, compare_final=complete)
-        sup = Supervisor(sc, groups=groups, transport=transport, expected=expected, progress=progress)
+        from ._inference import LoggedInference
+
+        # Models are not re-run: their results come from the log, so a GPU
+        # run verifies on a CPU-only machine.
+        inference = LoggedInference(reader, sc.inference_latency_ticks) if sc.models else None
+        sup = Supervisor(sc, groups=groups, transport=transport, expected=expected, progress=progress,
+                         inference=inference)
         try:
             summary = sup.run()
         except DivergenceError as e:
@@ -138,8 +144,12 @@ def replay(path, tick: int, agent: int | None = None) -> dict:
 def _text(p: bytes, kind: int) -> str | None:
     if kind == 21:  # trap: u32 code + text
         return f"code {int.from_bytes(p[:4], 'little')}: {p[4:].decode('utf-8', 'replace')}"
-    if kind == 18:
-        return p.decode("utf-8", "replace")
+    if kind in (18, 19, 17):  # log, publish, msg: show text when it is text
+        try:
+            t = p.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return t if t.isprintable() else None
     return None
 
 

@@ -129,6 +129,27 @@ class RecordBatch:
         gather = np.arange(total, dtype=np.int64) + np.repeat(starts - new_starts, lens)
         return RecordBatch(headers, self.payload[gather])
 
+    def with_prefix(self, prefix: np.ndarray) -> "RecordBatch":
+        """Each payload preceded by its row of ``prefix`` (n × k uint8), gathered in numpy."""
+        n = len(self)
+        prefix = np.ascontiguousarray(prefix, dtype=np.uint8).reshape(n, -1)
+        k = prefix.shape[1]
+        lens = self.headers["payload_len"].astype(np.int64)
+        new_lens = lens + k
+        starts = np.zeros(n, np.int64)
+        if n:
+            np.cumsum(new_lens[:-1], out=starts[1:])
+        out = np.empty(int(new_lens.sum()), np.uint8)
+        if k:
+            out[(starts[:, None] + np.arange(k)).ravel()] = prefix.ravel()
+        total = int(lens.sum())
+        if total:
+            body_dst = np.arange(total, dtype=np.int64) + np.repeat(starts + k - self.offsets[:-1], lens)
+            out[body_dst] = self.payload
+        headers = self.headers.copy()
+        headers["payload_len"] = new_lens
+        return RecordBatch(headers, out)
+
     def __eq__(self, other) -> bool:
         if not isinstance(other, RecordBatch):
             return NotImplemented

@@ -1,0 +1,151 @@
+"""The inference engine: load models once, execute batches of requests.
+
+This is the pure-Python core that the inference process's loop calls; it
+knows nothing about IPC.  Guarantees of `InferenceEngine.execute`:
+
+* one `Result` per `Request`, in the same order, with the same request_id;
+* nothing an agent sends (malformed bytes, wrong shapes, unknown model, huge
+  sizes) raises: it becomes an error `Result` with a `Status` code and a
+  short UTF-8 message;
+* results are a function of the request alone: batching never changes them
+  (see `_tensor` and `_llm`), so repeated runs are bit-identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ._errors import InferenceError
+from ._llm import CausalLM
+from ._models import ModelInfo, ModelSpec, open_model, rss_bytes
+from ._payloads import MAX_REQUEST_BYTES, MAX_RESULT_BYTES, Status, error_payload
+from ._providers import PROVIDERS
+from ._tensor import TensorModel
+
+LOGGER = logging.getLogger("wasm_engine.inference")
+
+
+@dataclass(frozen=True)
+class Request:
+    request_id: int
+    model_index: int
+    payload: bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class Result:
+    request_id: int
+    status: int  # a `Status` value; 0 is success
+    payload: bytes  # encoded output on success, UTF-8 error message otherwise
+
+
+LoadedModel = TensorModel | CausalLM
+
+
+def load_model(spec: ModelSpec, provider: str = "auto", index: int = 0) -> tuple[LoadedModel, ModelInfo]:
+    """Load one model (on spec.provider if set, else `provider`).
+
+    Raises ModelLoadError / ProviderUnavailableError.
+    """
+    opened = open_model(spec, spec.provider or provider)
+    model: LoadedModel = TensorModel(spec, opened) if spec.kind == "tensor" else CausalLM(spec, opened)
+    info = ModelInfo(
+        index=index,
+        id=spec.id,
+        kind=spec.kind,
+        path=str(opened.path),
+        provider=opened.provider,
+        file_bytes=opened.file_bytes,
+        rss_delta_bytes=max(0, rss_bytes() - opened.rss_before),
+        load_seconds=time.perf_counter() - opened.t0,
+        inputs=opened.inputs,
+        outputs=opened.outputs,
+        batching=model.batching,
+        max_context=getattr(model, "max_context", None),
+        vocab_size=getattr(model, "vocab_size", None),
+    )
+    LOGGER.info("model %r loaded on %s: %.1f MB file, RSS +%.1f MB, %.2f s%s", spec.id, info.provider.upper(),
+                info.file_bytes / 1e6, info.rss_delta_bytes / 1e6, info.load_seconds,
+                "" if info.batching else ", no batching")
+    return model, info
+
+
+class InferenceEngine:
+    """Loads `models` (in order; model_index refers to this order).
+
+    provider: default for models whose spec has none: "auto" (CUDA if usable,
+    else CPU with one warning), "cuda" (required), "tensorrt" (required) or
+    "cpu".
+    max_result_bytes: results larger than this become TOO_LARGE errors; the
+    IPC layer sets it to what its result slots can hold.
+    """
+
+    def __init__(self, models: Sequence[ModelSpec], provider: str = "auto", *,
+                 max_result_bytes: int = MAX_RESULT_BYTES) -> None:
+        if provider not in PROVIDERS:
+            raise ValueError(f"provider must be one of {PROVIDERS}, got {provider!r}")
+        ids = [m.id for m in models]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise InferenceError(f"duplicate model ids: {duplicates}")
+        self.provider = provider
+        self.max_result_bytes = int(max_result_bytes)
+        self._models: list[LoadedModel] = []
+        self.models: list[ModelInfo] = []  # what was loaded where, and how big it is
+        for index, spec in enumerate(models):
+            model, info = load_model(spec, provider, index)
+            self._models.append(model)
+            self.models.append(info)
+
+    def execute(self, requests: Iterable[Request]) -> list[Result]:
+        """Execute requests (given in canonical order); one Result each, same order."""
+        requests = list(requests)
+        outcomes: list[tuple[int, bytes] | None] = [None] * len(requests)
+        by_model: dict[int, list[int]] = {}
+        for i, req in enumerate(requests):
+            outcome = self._precheck(req)
+            if outcome is not None:
+                outcomes[i] = outcome
+            else:
+                by_model.setdefault(operator.index(req.model_index), []).append(i)
+
+        # Models run in order of first appearance, requests in canonical order
+        # within a model.  Results do not depend on this order (each request's
+        # result is a function of the request alone) but a fixed order keeps
+        # timing and logs reproducible too.
+        for model_index, members in by_model.items():
+            model = self._models[model_index]
+            try:
+                payloads = [memoryview(requests[i].payload).cast("B") for i in members]
+                group = model.execute(payloads, self.max_result_bytes)
+            except Exception:
+                # A bug in the engine must not take down the process or the tick.
+                LOGGER.exception("internal error while executing %d request(s) for model %r",
+                                 len(members), model.spec.id)
+                failure = (Status.INTERNAL, error_payload("internal inference error (see inference log)"))
+                group = [failure] * len(members)
+            for i, outcome in zip(members, group):
+                outcomes[i] = outcome
+
+        return [Result(req.request_id, int(o[0]), bytes(o[1])) for req, o in zip(requests, outcomes)]
+
+    def _precheck(self, req: Request) -> tuple[int, bytes] | None:
+        """Checks that need no model: index and size.  None if the request may proceed."""
+        try:
+            index = operator.index(req.model_index)
+        except TypeError:
+            index = -1
+        if not 0 <= index < len(self._models):
+            return Status.UNKNOWN_MODEL, error_payload(
+                f"unknown model index {req.model_index} (engine has {len(self._models)} model(s))")
+        try:
+            size = memoryview(req.payload).nbytes
+        except TypeError:
+            return Status.MALFORMED, error_payload("payload is not a bytes-like object")
+        if size > MAX_REQUEST_BYTES:
+            return Status.TOO_LARGE, error_payload(f"request is {size} bytes, limit {MAX_REQUEST_BYTES}")
+        return None

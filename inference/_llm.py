@@ -1,0 +1,512 @@
+"""Causal-LM text generation with a KV cache.
+
+Supported model layout (what Hugging Face Optimum writes for
+`--task text-generation-with-past`, and what scripts/make_tiny_lm.py builds):
+
+  inputs   input_ids [batch, seq]                   int64 (or int32)
+           attention_mask [batch, past + seq]        int64 (or int32)
+           position_ids [batch, seq]                 optional
+           past_key_values.{i}.key / .value          [batch, heads, past, head_dim], i = 0..L-1
+           use_cache_branch [1] bool                 optional (Optimum "merged" decoders)
+  outputs  logits [batch, seq, vocab]
+           present.{i}.key / .value                  [batch, heads, past + seq, head_dim]
+
+Dtypes and the head/head_dim sizes are read from the model's metadata, so
+float16 caches and grouped-query attention work unchanged.
+
+Batching: requests whose prompts encode to the same number of tokens run as
+one batch (no padding, so every row gets the same arithmetic it would get
+alone); rows that finish are sliced out of the KV cache.  Prompts of other
+lengths run in separate batches.  As for tensor models (see `_tensor`),
+batching is trusted only after VERIFY_MEMBERS requests gave bit-identical
+logits at every step batched and alone; one mismatch turns it off for the
+model.  See docs/INFERENCE.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._errors import ModelLoadError
+from ._models import ModelSpec, OpenedModel, TensorInfo, ort_message
+from ._payloads import (
+    FinishReason,
+    GenerateResult,
+    PayloadError,
+    Status,
+    aligned_copy,
+    aligned_empty,
+    check_generation_params,
+    decode_generate_request,
+    encode_generate_result,
+    error_payload,
+    f32,
+)
+
+LOGGER = logging.getLogger("wasm_engine.inference")
+
+Outcome = tuple[int, bytes]
+
+_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+_PRESENT = re.compile(r"^present\.(\d+)\.(key|value)$")
+_INT_TYPES = {"int64": np.int64, "int32": np.int32}
+_FLOAT_TYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64}
+_CONTEXT_METADATA_KEYS = ("max_position_embeddings", "n_positions", "max_context")
+
+# Requests that must generate identically batched and alone (same logits bits
+# at every step) before batches run without that check.
+VERIFY_MEMBERS = 8
+
+
+class ModelOutputError(Exception):
+    """The model produced logits that cannot be sampled from (NaN, +inf, all -inf)."""
+
+
+# ----------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------
+
+
+class Sampler:
+    """Turns one row of logits into a token id, deterministically.
+
+    Greedy (temperature 0): the highest logit; ties go to the lowest token id.
+    Sampling: logits / temperature; optional top-k (k highest, ties to lower
+    ids) and top-p (smallest prefix of the descending-probability order whose
+    mass reaches top_p); then inverse-CDF sampling with one uniform number.
+
+    Random numbers: Philox4x64-10 keyed with the request's 64-bit seed,
+    counter starting at 0, one raw 64-bit output per sampled token, mapped to
+    u = (x >> 11) * 2**-53 in [0, 1).  The raw Philox stream is fixed by its
+    algorithm (unlike numpy's distribution methods, which may change between
+    numpy versions), so the same seed gives the same numbers on every machine.
+    Probabilities are computed in float64 with a sequential cumulative sum, so
+    the only platform-dependent step is exp(), which can differ in the last
+    bit between libm implementations; that changes a token only if u lands
+    within ~1e-16 of a bucket boundary.
+    """
+
+    def __init__(self, temperature: float, top_k: int, top_p: float, seed: int) -> None:
+        self.temperature = float(temperature)
+        self.top_k = int(top_k)
+        self.top_p = float(top_p)
+        self.greedy = self.temperature == 0.0
+        self._bitgen = None if self.greedy else np.random.Philox(key=int(seed))
+
+    def uniform(self) -> float:
+        assert self._bitgen is not None
+        return (int(self._bitgen.random_raw()) >> 11) * (1.0 / 9007199254740992.0)  # 2**-53
+
+    def __call__(self, logits: np.ndarray) -> int:
+        z = np.asarray(logits, dtype=np.float64)
+        if np.isnan(z).any() or np.isposinf(z).any():
+            raise ModelOutputError("model produced NaN or +inf logits")
+        if self.greedy:
+            if np.isneginf(z).all():
+                raise ModelOutputError("model produced only -inf logits")
+            return int(np.argmax(z))  # argmax returns the first maximum
+        z = z / self.temperature
+        candidates: np.ndarray | None = None
+        if self.top_k > 0 or self.top_p < 1.0:
+            # Stable sort of -z: descending logits, equal logits by ascending id.
+            order = np.argsort(-z, kind="stable")
+            if self.top_k > 0:
+                order = order[: self.top_k]
+            candidates = order
+            z = z[order]
+        zmax = z.max()
+        if not np.isfinite(zmax):
+            raise ModelOutputError("model produced only -inf logits")
+        cdf = np.cumsum(np.exp(z - zmax))  # unnormalised; cumsum adds strictly left to right
+        if self.top_p < 1.0:
+            keep = int(np.searchsorted(cdf, self.top_p * cdf[-1], side="left")) + 1
+            cdf = cdf[: min(keep, len(cdf))]
+        target = self.uniform() * cdf[-1]
+        # First bucket whose upper edge exceeds the target; zero-probability
+        # tokens have empty buckets and can never be chosen.
+        i = min(int(np.searchsorted(cdf, target, side="right")), len(cdf) - 1)
+        return int(candidates[i]) if candidates is not None else i
+
+
+# ----------------------------------------------------------------------------
+# Model layout
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class _PastSlot:
+    input_name: str
+    output_name: str
+    dtype: type
+    shape: tuple  # template; shape[seq_axis] is the past length
+    seq_axis: int
+
+
+@dataclass
+class Layout:
+    input_ids_dtype: type
+    mask_name: str
+    mask_dtype: type
+    position_dtype: type | None  # None: the model has no position_ids input
+    cache_branch: bool  # has a use_cache_branch input
+    past: list[_PastSlot]
+    logits_name: str
+    vocab_size: int | None
+
+
+def inspect_layout(spec: ModelSpec, opened: OpenedModel) -> Layout:
+    """Check that the model has the causal-LM layout; raise ModelLoadError if not."""
+
+    def fail(problem: str, hint: str | None = None) -> ModelLoadError:
+        return ModelLoadError(spec.id, opened.path, problem, hint or (
+            "A causal_lm needs inputs input_ids, attention_mask, [position_ids], past_key_values.{i}.key/value "
+            "and outputs logits, present.{i}.key/value; export with e.g. "
+            "`optimum-cli export onnx --task text-generation-with-past`."))
+
+    inputs = {t.name: t for t in opened.inputs}
+    outputs = {t.name: t for t in opened.outputs}
+    for required in ("input_ids", "attention_mask"):
+        if required not in inputs:
+            raise fail(f"no input named {required!r} (inputs: {sorted(inputs)})")
+    if "logits" not in outputs:
+        raise fail(f"no output named 'logits' (outputs: {sorted(outputs)})")
+
+    ids_shape = inputs["input_ids"].shape
+    if ids_shape is not None and len(ids_shape) == 2 and isinstance(ids_shape[1], int):
+        raise fail(f"input_ids has a fixed sequence length of {ids_shape[1]} (an Optimum "
+                   "'decoder_with_past_model.onnx'?)",
+                   "Use the model.onnx (or decoder_model_merged.onnx) of the export, which takes whole prompts.")
+
+    def int_dtype(t: TensorInfo) -> type:
+        if t.dtype not in _INT_TYPES:
+            raise fail(f"input {t.name!r} has type {t.dtype}; expected int64 or int32")
+        return _INT_TYPES[t.dtype]
+
+    past_names: dict[int, dict[str, TensorInfo]] = {}
+    for name, t in inputs.items():
+        m = _PAST.match(name)
+        if m:
+            past_names.setdefault(int(m.group(1)), {})[m.group(2)] = t
+        elif name not in ("input_ids", "attention_mask", "position_ids", "use_cache_branch"):
+            raise fail(f"unexpected input {name!r}; the engine cannot feed it")
+    if not past_names:
+        raise fail("no past_key_values.* inputs: the model was exported without a KV cache")
+    n_layers = len(past_names)
+    if sorted(past_names) != list(range(n_layers)) or any(len(v) != 2 for v in past_names.values()):
+        raise fail(f"past_key_values inputs are not complete key/value pairs for layers 0..{n_layers - 1}")
+
+    past: list[_PastSlot] = []
+    for i in range(n_layers):
+        for kv in ("key", "value"):
+            t = past_names[i][kv]
+            out_name = f"present.{i}.{kv}"
+            if out_name not in outputs:
+                raise fail(f"input {t.name!r} has no matching output {out_name!r}")
+            if t.dtype not in _FLOAT_TYPES:
+                raise fail(f"input {t.name!r} has type {t.dtype}; expected a float type")
+            shape = t.shape
+            if shape is None or len(shape) != 4:
+                raise fail(f"input {t.name!r} has shape {shape}; expected [batch, heads, past, head_dim]")
+            # The past length is the one dynamic dim besides the batch axis.
+            dynamic = [ax for ax in (1, 2, 3) if not isinstance(shape[ax], int)]
+            if len(dynamic) != 1:
+                # Fall back to the usual axis 2 if heads/head_dim are static in the output.
+                out_shape = outputs[out_name].shape or ()
+                if len(out_shape) == 4 and isinstance(out_shape[1], int) and isinstance(out_shape[3], int):
+                    shape = (shape[0], out_shape[1], shape[2], out_shape[3])
+                    dynamic = [2]
+                else:
+                    raise fail(f"cannot tell heads and head_dim from the shape {shape} of {t.name!r}",
+                               "Export the model with static head counts (Optimum does).")
+            past.append(_PastSlot(t.name, out_name, _FLOAT_TYPES[t.dtype], tuple(shape), dynamic[0]))
+
+    presents = [n for n in outputs if _PRESENT.match(n)]
+    if len(presents) != 2 * n_layers:
+        raise fail(f"{len(presents)} present.* outputs for {n_layers} past layers")
+
+    logits = outputs["logits"]
+    if logits.dtype not in _FLOAT_TYPES:
+        raise fail(f"output 'logits' has type {logits.dtype}; expected a float type")
+    vocab = logits.shape[-1] if logits.shape and isinstance(logits.shape[-1], int) else None
+
+    cache_branch = "use_cache_branch" in inputs
+    if cache_branch and inputs["use_cache_branch"].dtype != "bool":
+        raise fail("input 'use_cache_branch' is not bool")
+    return Layout(
+        input_ids_dtype=int_dtype(inputs["input_ids"]),
+        mask_name="attention_mask",
+        mask_dtype=int_dtype(inputs["attention_mask"]),
+        position_dtype=int_dtype(inputs["position_ids"]) if "position_ids" in inputs else None,
+        cache_branch=cache_branch,
+        past=past,
+        logits_name="logits",
+        vocab_size=vocab,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    index: int  # position in the payload list
+    prompt_ids: list[int]
+    max_new_tokens: int
+    stops: frozenset[int]
+    sampling: tuple[float, int, float, int]  # temperature, top_k, top_p, seed
+    return_ids: bool
+    generated: list[int] = field(default_factory=list)
+    finish: FinishReason | None = None
+
+
+class CausalLM:
+    kind = "causal_lm"
+
+    def __init__(self, spec: ModelSpec, opened: OpenedModel) -> None:
+        self.spec = spec
+        self.session = opened.session
+        self.layout = inspect_layout(spec, opened)
+        self.tokenizer = _load_tokenizer(spec, opened.path)
+        tok_vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        if self.layout.vocab_size is not None and tok_vocab > self.layout.vocab_size:
+            raise ModelLoadError(spec.id, opened.path,
+                                 f"the tokenizer has {tok_vocab} tokens but the model's logits only "
+                                 f"{self.layout.vocab_size}",
+                                 "Use the tokenizer.json exported with this model.")
+        self.vocab_size = self.layout.vocab_size
+        self.max_context = spec.max_context or _context_from_metadata(opened.metadata)
+        self.batching = spec.batch
+        self.batch_verified = 0  # requests verified batched == alone; -1: batching changes results
+        g = spec.generation
+        self.defaults = (g.max_new_tokens, f32(g.temperature), int(g.top_k), f32(g.top_p), int(g.seed),
+                         tuple(int(t) for t in g.stop_token_ids))
+        self.output_names = [self.layout.logits_name] + [p.output_name for p in self.layout.past]
+
+    # -- model calls ---------------------------------------------------------
+
+    def empty_past(self, batch: int) -> list[np.ndarray]:
+        out = []
+        for slot in self.layout.past:
+            shape = [batch] + [0 if ax == slot.seq_axis else int(d) for ax, d in enumerate(slot.shape) if ax > 0]
+            arr = aligned_empty(shape, slot.dtype)
+            arr[...] = 0
+            out.append(arr)
+        return out
+
+    def forward(self, input_ids: np.ndarray, past: list[np.ndarray] | None = None,
+                past_len: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One model call: logits [batch, seq, vocab] and the new KV cache.
+
+        With past=None the whole sequence is processed from scratch (no cache).
+        """
+        batch, seq = input_ids.shape
+        if past is None:
+            past, past_len = self.empty_past(batch), 0
+        lay = self.layout
+        # Aligned buffers: see _payloads.ALIGNMENT (ORT reads them in place).
+        mask = aligned_empty((batch, past_len + seq), lay.mask_dtype)
+        mask[...] = 1
+        feeds: dict[str, np.ndarray] = {
+            "input_ids": aligned_copy(input_ids, lay.input_ids_dtype),
+            lay.mask_name: mask,
+        }
+        if lay.position_dtype is not None:
+            pos = np.arange(past_len, past_len + seq, dtype=lay.position_dtype)
+            feeds["position_ids"] = aligned_copy(np.broadcast_to(pos, (batch, seq)))
+        if lay.cache_branch:
+            feeds["use_cache_branch"] = np.array([past_len > 0], dtype=np.bool_)
+        for slot, arr in zip(lay.past, past):
+            feeds[slot.input_name] = arr
+        outs = self.session.run(self.output_names, feeds)
+        return outs[0], outs[1:]
+
+    # -- requests ------------------------------------------------------------
+
+    def _make_job(self, index: int, payload: memoryview) -> _Job:
+        req = decode_generate_request(payload)
+        if req.use_defaults:
+            max_new, temp, top_k, top_p, seed, stops = self.defaults
+            stops = stops + tuple(req.stop_token_ids)
+            check_generation_params(max_new, temp, top_k, top_p, seed, stops)
+        else:
+            max_new, temp, top_k, top_p, seed, stops = (req.max_new_tokens, req.temperature, req.top_k, req.top_p,
+                                                        req.seed, tuple(req.stop_token_ids))
+        ids = self.tokenizer.encode(req.prompt).ids
+        if not ids:
+            raise PayloadError(Status.BAD_INPUT, "prompt encodes to zero tokens")
+        if self.max_context is not None and len(ids) > self.max_context:
+            raise PayloadError(Status.TOO_LARGE,
+                               f"prompt is {len(ids)} tokens; model {self.spec.id!r} has a context of "
+                               f"{self.max_context}")
+        return _Job(index=index, prompt_ids=list(ids), max_new_tokens=max_new, stops=frozenset(stops),
+                    sampling=(temp, top_k, top_p, seed), return_ids=req.return_token_ids)
+
+    def execute(self, payloads: list[memoryview], max_result_bytes: int) -> list[Outcome]:
+        """Serve a group of generate requests; one outcome per payload, in order."""
+        outcomes: list[Outcome | None] = [None] * len(payloads)
+        groups: dict[int, list[_Job]] = {}
+        for i, p in enumerate(payloads):
+            try:
+                job = self._make_job(i, p)
+            except PayloadError as e:
+                outcomes[i] = (e.status, error_payload(str(e)))
+                continue
+            # Only prompts of equal token length share a batch (no padding).
+            key = len(job.prompt_ids) if self.batching else -1 - i
+            groups.setdefault(key, []).append(job)
+
+        for jobs in groups.values():  # in order of first appearance
+            for job, outcome in zip(jobs, self._run_group(jobs, max_result_bytes)):
+                outcomes[job.index] = outcome
+        return [o if o is not None else (Status.INTERNAL, b"no outcome") for o in outcomes]
+
+    def _run_group(self, jobs: list[_Job], max_result_bytes: int) -> list[Outcome]:
+        """Outcomes for jobs with equal prompt lengths: batched if trusted, else one by one."""
+
+        def alone(traces: list | None = None) -> list[Outcome]:
+            out = []
+            for n, job in enumerate(jobs):
+                try:
+                    self._generate([job], None if traces is None else [traces[n]])
+                    out.append(self._encode(job, max_result_bytes))
+                except Exception as e:
+                    out.append(self._failure(e))
+            return out
+
+        if len(jobs) < 2 or not self.batching or self.batch_verified < 0:
+            return alone()
+        if self.batch_verified >= VERIFY_MEMBERS:
+            try:
+                self._generate(jobs)
+                return [self._encode(job, max_result_bytes) for job in jobs]
+            except Exception:
+                # Run the members one by one so only the culprit gets the error.
+                for job in jobs:
+                    job.generated.clear()
+                    job.finish = None
+                return alone()
+
+        # Not yet trusted: generate batched on copies, then alone (returned).
+        copies = [dataclasses.replace(job, generated=[], finish=None) for job in jobs]
+        batched_traces = [hashlib.blake2b() for _ in jobs]
+        try:
+            self._generate(copies, batched_traces)
+        except Exception:
+            batched_traces = None
+        traces = [hashlib.blake2b() for _ in jobs]
+        results = alone(traces)
+        if batched_traces is None or any(status != Status.OK for status, _ in results):
+            return results  # failures prove nothing about batching
+        same = all(a.digest() == b.digest() and c.generated == j.generated
+                   for a, b, c, j in zip(batched_traces, traces, copies, jobs))
+        if same:
+            self.batch_verified += len(jobs)
+        else:
+            self.batch_verified = -1
+            LOGGER.info("model %r: batched generation differs from unbatched; requests will run one at a time",
+                        self.spec.id)
+        return results
+
+    def _failure(self, e: Exception) -> Outcome:
+        if isinstance(e, ModelOutputError):
+            return Status.MODEL_ERROR, error_payload(f"model {self.spec.id!r}: {e}")
+        if isinstance(e, MemoryError):
+            return Status.TOO_LARGE, error_payload(f"model {self.spec.id!r}: out of memory")
+        LOGGER.debug("generation failed", exc_info=e)
+        return Status.MODEL_ERROR, error_payload(f"model {self.spec.id!r}: {ort_message(e)}")
+
+    def _encode(self, job: _Job, max_result_bytes: int) -> Outcome:
+        assert job.finish is not None
+        text_ids = job.generated[:-1] if job.finish == FinishReason.STOP_TOKEN else job.generated
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+        payload = encode_generate_result(GenerateResult(
+            text=text,
+            finish_reason=job.finish,
+            n_prompt_tokens=len(job.prompt_ids),
+            n_generated_tokens=len(job.generated),
+            token_ids=tuple(job.generated) if job.return_ids else None,
+        ))
+        if len(payload) > max_result_bytes:
+            return Status.TOO_LARGE, error_payload(f"result is {len(payload)} bytes, limit {max_result_bytes}")
+        return Status.OK, payload
+
+    def _generate(self, jobs: list[_Job], traces: list | None = None) -> None:
+        """Generate for jobs whose prompts have the same token length, as one batch.
+
+        Every step feeds all unfinished rows; a finished row is removed from
+        the batch (and its KV cache rows dropped), which does not change the
+        arithmetic of the remaining rows.  With `traces` (one hash per job) the
+        logits each job sampled from are hashed, to compare batched and
+        unbatched runs.
+        """
+        samplers = [Sampler(*job.sampling) for job in jobs]
+        active = [k for k, job in enumerate(jobs) if not self._finished(job)]
+        if not active:
+            return
+        tokens = np.array([jobs[k].prompt_ids for k in active], dtype=np.int64)
+        past: list[np.ndarray] | None = None
+        past_len = 0
+        while active:
+            logits, present = self.forward(tokens, past, past_len)
+            past_len += tokens.shape[1]
+            last = logits[:, -1, :]
+            keep: list[int] = []  # rows (within this step's batch) that continue
+            for row, k in enumerate(active):
+                if traces is not None:
+                    traces[k].update(np.ascontiguousarray(last[row]).tobytes())
+                jobs[k].generated.append(samplers[k](last[row]))
+                if not self._finished(jobs[k]):
+                    keep.append(row)
+            if len(keep) < len(active):
+                idx = np.array(keep, dtype=np.intp)
+                present = [np.take(p, idx, axis=0, out=aligned_empty((len(keep),) + p.shape[1:], p.dtype))
+                           for p in present]
+            active = [active[r] for r in keep]
+            past = present
+            tokens = np.array([[jobs[k].generated[-1]] for k in active], dtype=np.int64).reshape(len(active), 1)
+
+    def _finished(self, job: _Job) -> bool:
+        """Set job.finish if the job cannot or need not generate another token."""
+        if job.generated and job.generated[-1] in job.stops:
+            job.finish = FinishReason.STOP_TOKEN
+        elif len(job.generated) >= job.max_new_tokens:
+            job.finish = FinishReason.MAX_NEW_TOKENS
+        elif self.max_context is not None and len(job.prompt_ids) + len(job.generated) > self.max_context:
+            # The next step would feed a token at position >= max_context.
+            job.finish = FinishReason.CONTEXT_FULL
+        return job.finish is not None
+
+
+def _context_from_metadata(meta: dict[str, str]) -> int | None:
+    for key in _CONTEXT_METADATA_KEYS:
+        try:
+            value = int(meta[key])
+        except (KeyError, ValueError):
+            continue
+        if value > 0:
+            return value
+    return None
+
+
+def _load_tokenizer(spec: ModelSpec, model_path: Path):
+    from tokenizers import Tokenizer
+
+    path = Path(spec.tokenizer_path) if spec.tokenizer_path is not None else model_path.parent / "tokenizer.json"
+    if not path.is_file():
+        raise ModelLoadError(spec.id, model_path, f"tokenizer file not found: {path}",
+                             "Set tokenizer_path to the model's tokenizer.json (Optimum writes it next to model.onnx).")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(spec.id, model_path, f"cannot read tokenizer {path}: {first}",
+                             "Use a Hugging Face tokenizers tokenizer.json file.") from None

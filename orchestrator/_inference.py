@@ -1,0 +1,187 @@
+"""The supervisor's side of inference: where a tick's results come from.
+
+Layer: orchestrator. Three sources with one interface (submit requests of
+tick t; fetch results of tick t, waiting if late):
+- ``ProcessInference``: the dedicated inference process, over a Channel;
+- ``InlineInference``: the same engine in this process (tests, debugging);
+- ``LoggedInference``: results read back from a replay log — how verify and
+  replay reproduce a GPU run exactly on a CPU-only machine, without models.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import numpy as np
+
+from ..inference import (
+    K_INF_DONE, K_INF_ERROR, K_INF_EXECUTE, K_INF_INIT, K_INF_READY, K_INF_REQUEST, K_INF_SHUTDOWN,
+    build_engine, engine_info, execute_batch, inference_main,
+)
+from ..shm_protocol import Channel, RecordBatch, RingFullError
+from ._errors import GroupFailedError, WorkerCrashedError
+
+CHANNEL_CAPACITY_BYTES = 1 << 24
+CHANNEL_MAX_RECORD_BYTES = 1 << 20
+POLL_S = 0.5
+#: Loading models can take long (a real LM, a cold GPU).
+READY_TIMEOUT_S = 900.0
+GRACEFUL_TIMEOUT_S = 5.0
+
+
+def model_config(scenario, provider: str | None) -> dict:
+    models = [{"id": m.id, "path": str(m.path), "kind": m.kind,
+               "tokenizer": str(m.tokenizer) if m.tokenizer else None} for m in scenario.models]
+    provs = {m.provider for m in scenario.models}
+    chosen = provider or (provs.pop() if len(provs) == 1 else "auto")
+    return {"models": models, "provider": chosen}
+
+
+class InlineInference:
+    def __init__(self, config: dict) -> None:
+        self.config = config
+        self.engine = None
+        self._done: dict[int, RecordBatch] = {}
+        self.info: list[dict] = []
+
+    def start(self) -> None:
+        self.engine = build_engine(self.config, CHANNEL_MAX_RECORD_BYTES - 64)
+        self.info = engine_info(self.engine)
+
+    def wait_ready(self) -> None:
+        pass
+
+    def submit(self, tick: int, requests: RecordBatch) -> None:
+        self._done[tick] = execute_batch(self.engine, requests, CHANNEL_MAX_RECORD_BYTES - 64)
+
+    def results(self, tick: int) -> RecordBatch:
+        return self._done.pop(tick)
+
+    def close(self) -> None:
+        self.engine = None
+
+
+class ProcessInference:
+    """The dedicated inference process; supervised like an agent group."""
+
+    def __init__(self, config: dict, ctx) -> None:
+        self.config = config
+        self.channel = Channel.create(capacity_bytes=CHANNEL_CAPACITY_BYTES,
+                                      max_record_bytes=CHANNEL_MAX_RECORD_BYTES, tag="inf")
+        self.proc = ctx.Process(target=inference_main, args=(self.channel.name, os.getpid()),
+                                name="wasm-engine-inference", daemon=True)
+        self.info: list[dict] = []
+        self._ready: dict[int, RecordBatch] = {}
+
+    def _check_alive(self) -> None:
+        if not self.proc.is_alive():
+            code = self.proc.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+            raise WorkerCrashedError(f"inference process (pid {self.proc.pid}) {how}", -1, code)
+
+    def _push(self, batch: RecordBatch) -> None:
+        while len(batch):
+            try:
+                self.channel.send.push_batch(batch, timeout_s=POLL_S)
+                return
+            except RingFullError as e:
+                batch = batch.take(np.arange(e.pushed, len(batch)))
+                self._check_alive()
+
+    def _one(self, kind: int, payload: bytes = b"", tick: int = 0) -> None:
+        self._push(RecordBatch.from_arrays(kind=kind, source=0, destination=0, tick=tick, seq=0,
+                                           payload_len=np.array([len(payload)]),
+                                           payload=np.frombuffer(payload, np.uint8)))
+
+    def _until(self, kind: int, timeout_s: float | None = None) -> tuple[RecordBatch, RecordBatch]:
+        parts = []
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            b = self.channel.recv.pop_batch(timeout_s=POLL_S)
+            if not len(b):
+                self._check_alive()
+                if deadline is not None and time.monotonic() > deadline:
+                    raise GroupFailedError(f"inference process did not answer within {timeout_s} s", -1)
+                continue
+            kinds = b.headers["kind"]
+            err = np.flatnonzero(kinds == K_INF_ERROR)
+            if len(err):
+                raise GroupFailedError("inference process: " + b.payload_of(int(err[0])).decode("utf-8", "replace"), -1)
+            end = np.flatnonzero(kinds == kind)
+            if len(end):
+                e = int(end[0])
+                parts.append(b.take(np.arange(e)))
+                if e + 1 != len(b):
+                    raise GroupFailedError("inference process sent records after its end marker", -1)
+                return RecordBatch.concat(parts), b.take(np.array([e]))
+            parts.append(b)
+
+    def start(self) -> None:
+        self.proc.start()
+        self._one(K_INF_INIT, json.dumps(self.config).encode())
+
+    def wait_ready(self) -> None:
+        _, ready = self._until(K_INF_READY, READY_TIMEOUT_S)
+        self.info = json.loads(ready.payload_of(0))
+
+    def submit(self, tick: int, requests: RecordBatch) -> None:
+        reqs = requests.take(np.arange(len(requests)))
+        reqs.headers["kind"] = K_INF_REQUEST
+        self._push(reqs)
+        self._one(K_INF_EXECUTE, tick=tick)
+
+    def results(self, tick: int) -> RecordBatch:
+        """Results of the requests submitted at ``tick``; waits for them if late."""
+        while tick not in self._ready:
+            out, done = self._until(K_INF_DONE)
+            self._ready[int(done.headers[0]["tick"])] = out
+        return self._ready.pop(tick)
+
+    def close(self) -> None:
+        try:
+            if self.proc.pid is not None and self.proc.is_alive():
+                try:
+                    self._one(K_INF_SHUTDOWN)
+                except Exception:  # noqa: BLE001
+                    pass
+                self.proc.join(GRACEFUL_TIMEOUT_S)
+                if self.proc.is_alive():
+                    self.proc.terminate()
+                    self.proc.join(2.0)
+                if self.proc.is_alive():
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                    self.proc.join(2.0)
+        finally:
+            self.channel.close()
+
+
+class LoggedInference:
+    """Results exactly as the log recorded them (no model is loaded)."""
+
+    def __init__(self, reader, latency_ticks: int) -> None:
+        self.reader = reader
+        self.latency = latency_ticks
+        self.info: list[dict] = [{"id": "(from log)", "provider": "log"}]
+
+    def start(self) -> None:
+        pass
+
+    def wait_ready(self) -> None:
+        pass
+
+    def submit(self, tick: int, requests: RecordBatch) -> None:
+        pass
+
+    def results(self, tick: int) -> RecordBatch:
+        from . import _runlog
+
+        t = tick + self.latency
+        if t >= self.reader.tick_count:
+            return RecordBatch.empty()
+        data = self.reader.read_tick(t).get(_runlog.S_INFERENCE)
+        return _runlog.decode_records(data) if data is not None else RecordBatch.empty()
+
+    def close(self) -> None:
+        pass
