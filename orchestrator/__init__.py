@@ -14,6 +14,7 @@ from ._errors import (  # noqa: E402
     AgentLoadError as AgentLoadError,
     DivergenceError as DivergenceError,
     GroupFailedError as GroupFailedError,
+    ModelLoadError as ModelLoadError,
     ReplayLogError as ReplayLogError,
     RunError as RunError,
     ScenarioError as ScenarioError,
@@ -26,7 +27,7 @@ from ._supervisor import RunSummary as RunSummary, Supervisor as Supervisor  # n
 from ._verify import VerifyResult as VerifyResult, replay as replay, verify as verify  # noqa: E402
 
 __all__ = [
-    "AgentLoadError", "DivergenceError", "GroupFailedError", "LogReader", "LogWriter", "ReplayLogError",
+    "AgentLoadError", "DivergenceError", "GroupFailedError", "LogReader", "LogWriter", "ModelLoadError", "ReplayLogError",
     "RunError", "RunSummary", "Scenario", "ScenarioError", "Supervisor", "VerifyResult", "WasmEngineError",
     "WorkerCrashedError", "load_scenario", "main", "parse_scenario", "replay", "verify",
 ]

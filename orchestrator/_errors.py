@@ -19,7 +19,7 @@ import os
 
 __all__ = [
     "WasmEngineError", "ScenarioError", "ReplayLogError", "AgentLoadError", "RunError",
-    "WorkerCrashedError", "GroupFailedError", "DivergenceError",
+    "WorkerCrashedError", "GroupFailedError", "DivergenceError", "ModelLoadError",
 ]
 
 
@@ -114,3 +114,10 @@ class DivergenceError(WasmEngineError):
         self.tick = tick
         self.agent = agent
         self.record = record
+
+
+class ModelLoadError(WasmEngineError):
+    """A scenario's model cannot be loaded (missing, corrupt, wrong layout, provider unavailable).
+
+    Raised at start-up, before tick 0; the message names the model id and path.
+    """

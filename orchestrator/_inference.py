@@ -21,7 +21,7 @@ from ..inference import (
     build_engine, engine_info, execute_batch, inference_main,
 )
 from ..shm_protocol import Channel, RecordBatch, RingFullError
-from ._errors import GroupFailedError, WorkerCrashedError
+from ._errors import GroupFailedError, ModelLoadError, WorkerCrashedError
 
 CHANNEL_CAPACITY_BYTES = 1 << 24
 CHANNEL_MAX_RECORD_BYTES = 1 << 20
@@ -47,7 +47,12 @@ class InlineInference:
         self.info: list[dict] = []
 
     def start(self) -> None:
-        self.engine = build_engine(self.config, CHANNEL_MAX_RECORD_BYTES - 64)
+        from ..inference import InferenceError
+
+        try:
+            self.engine = build_engine(self.config, CHANNEL_MAX_RECORD_BYTES - 64)
+        except InferenceError as e:
+            raise ModelLoadError(str(e).splitlines()[0]) from None
         self.info = engine_info(self.engine)
 
     def wait_ready(self) -> None:
@@ -74,6 +79,7 @@ class ProcessInference:
                                 name="wasm-engine-inference", daemon=True)
         self.info: list[dict] = []
         self._ready: dict[int, RecordBatch] = {}
+        self._partial: list[RecordBatch] = []
 
     def _check_alive(self) -> None:
         if not self.proc.is_alive():
@@ -123,7 +129,10 @@ class ProcessInference:
         self._one(K_INF_INIT, json.dumps(self.config).encode())
 
     def wait_ready(self) -> None:
-        _, ready = self._until(K_INF_READY, READY_TIMEOUT_S)
+        try:
+            _, ready = self._until(K_INF_READY, READY_TIMEOUT_S)
+        except GroupFailedError as e:
+            raise ModelLoadError(str(e).removeprefix("inference process: ")) from None
         self.info = json.loads(ready.payload_of(0))
 
     def submit(self, tick: int, requests: RecordBatch) -> None:
@@ -133,10 +142,28 @@ class ProcessInference:
         self._one(K_INF_EXECUTE, tick=tick)
 
     def results(self, tick: int) -> RecordBatch:
-        """Results of the requests submitted at ``tick``; waits for them if late."""
+        """Results of the requests submitted at ``tick``; waits for them if late.
+
+        With a latency above one tick the process may already have finished
+        later ticks too: one popped batch can hold several DONE markers.
+        """
         while tick not in self._ready:
-            out, done = self._until(K_INF_DONE)
-            self._ready[int(done.headers[0]["tick"])] = out
+            b = self.channel.recv.pop_batch(timeout_s=POLL_S)
+            if not len(b):
+                self._check_alive()
+                continue
+            kinds = b.headers["kind"]
+            err = np.flatnonzero(kinds == K_INF_ERROR)
+            if len(err):
+                raise GroupFailedError("inference process: " + b.payload_of(int(err[0])).decode("utf-8", "replace"), -1)
+            start = 0
+            for d in np.flatnonzero(kinds == K_INF_DONE).tolist():
+                self._partial.append(b.take(np.arange(start, d)))
+                self._ready[int(b.headers[d]["tick"])] = RecordBatch.concat(self._partial)
+                self._partial = []
+                start = d + 1
+            if start < len(b):
+                self._partial.append(b.take(np.arange(start, len(b))))
         return self._ready.pop(tick)
 
     def close(self) -> None:

@@ -1,0 +1,25 @@
+;; Test agent: each tick sends its config bytes (an inference request payload)
+;; to model 0, and publishes the first 48 bytes of any inference result it
+;; receives (u64 request id, u32 status, u32 0, result...).
+(module
+  (import "we" "recv" (func $recv (param i32 i32 i32) (result i32)))
+  (import "we" "infer" (func $infer (param i32 i32 i32) (result i64)))
+  (import "we" "publish" (func $publish (param i32 i32) (result i32)))
+  (import "we" "config_read" (func $config_read (param i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (global $cfg_len (mut i32) (i32.const 0))
+  (func (export "we_abi_version") (result i32) (i32.const 1))
+  (func (export "we_init") (param i32 i64 i32) (result i32)
+    (global.set $cfg_len (call $config_read (i32.const 8192) (i32.const 8192)))
+    (i32.const 0))
+  (func (export "we_step") (param $tick i64) (result i32)
+    (local $n i32)
+    (block $done (loop $lp
+      (local.set $n (call $recv (i32.const 0) (i32.const 64) (i32.const 4096)))
+      (br_if $done (i32.lt_s (local.get $n) (i32.const 0)))
+      (if (i32.eq (i32.load (i32.const 0)) (i32.const -1))
+        (then (drop (call $publish (i32.const 64) (i32.const 48)))))
+      (br $lp)))
+    (drop (call $infer (i32.const 0) (i32.const 8192) (global.get $cfg_len)))
+    (i32.const 0))
+)
