@@ -78,6 +78,10 @@ def cmd_run(args) -> int:
                   "quarantined", "halted", "workers", "restarts", "wall_s", "agent_steps_per_s", "log_path"):
             v = d[k]
             print(f"{k:>18}: {v:,.1f}" if isinstance(v, float) else f"{k:>18}: {v}")
+        for m in d.get("models", []):
+            print(f"{'model':>18}: {m['id']} ({m['kind']}) on {m['provider']}, "
+                  f"{m['file_bytes'] / 1e6:.1f} MB file, +{m['rss_delta_bytes'] / 1e6:.0f} MB resident; "
+                  f"{d['inference_requests']} requests")
     return EXIT_OK
 
 
