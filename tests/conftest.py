@@ -9,6 +9,21 @@ import pytest
 from wasm_engine.shm_protocol import list_segments
 
 
+def _ours(name: str, me: psutil.Process) -> bool:
+    """A leaked segment is ours if our process or a descendant created it, or its
+    creator is dead; a live unrelated program's segments are not this test's."""
+    pid_part = name[len("we_"):].split("_", 1)[0]
+    if not pid_part.isdigit():
+        return True
+    pid = int(pid_part)
+    if pid == me.pid or not psutil.pid_exists(pid):
+        return True
+    try:
+        return any(p.pid == me.pid for p in psutil.Process(pid).parents())
+    except psutil.Error:
+        return True
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
     before = set(list_segments())
@@ -20,7 +35,7 @@ def no_leaks():
         kids = [p for p in me.children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         # The multiprocessing resource tracker is a long-lived helper, not a leak.
         kids = [p for p in kids if "resource_tracker" not in " ".join(p.cmdline())]
-        leaked = set(list_segments()) - before
+        leaked = {n for n in set(list_segments()) - before if _ours(n, me)}
         if (not kids and not leaked) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
