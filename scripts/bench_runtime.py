@@ -49,6 +49,36 @@ def bench(scenario_path: Path, agents: int, ticks: int, workers: int) -> dict:
     }
 
 
+def bench_barrier(scenario_path: Path, agents: int, ticks: int, groups: int) -> dict:
+    """CPU burned by groups that only wait: all agents in group 0, the rest idle at the barrier."""
+    import numpy as np
+    import psutil
+
+    from wasm_engine.orchestrator import Supervisor, load_scenario
+
+    sc = load_scenario(scenario_path)
+    sc = dataclasses.replace(sc, kinds=(dataclasses.replace(sc.kinds[0], count=agents),)).with_overrides(ticks=ticks)
+    me = psutil.Process()
+    cpu = {}
+
+    def progress(done, total, steps, elapsed_s):
+        for c in me.children():
+            try:
+                if "resource_tracker" not in " ".join(c.cmdline()):
+                    t = c.cpu_times()
+                    cpu[c.pid] = t.user + t.system
+            except psutil.Error:
+                pass
+
+    t0 = time.perf_counter()
+    Supervisor(sc, groups=groups, assignment=np.zeros(agents, np.int64), transport="process", progress=progress).run()
+    wall = time.perf_counter() - t0
+    used = sorted(cpu.values(), reverse=True)
+    idle = used[1:]
+    return {"groups": groups, "cores": os.cpu_count(), "wall_s": wall, "busy_group_cpu_s": used[0],
+            "idle_group_cpu_s_max": max(idle), "idle_group_cpu_fraction_max": max(idle) / wall}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--example", default=str(ROOT / "examples/epidemic/scenario.toml"))
@@ -56,6 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ticks", type=int, nargs="+", default=[20, 5], help="ticks per agent count")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--barrier", action="store_true",
+                    help="also measure CPU burned by idle groups (8 groups, all agents in one)")
     args = ap.parse_args(argv)
     ticks = args.ticks if len(args.ticks) == len(args.agents) else [args.ticks[0]] * len(args.agents)
     if any(t < 2 for t in ticks):
@@ -69,8 +101,15 @@ def main(argv=None) -> int:
         print(f"{n:>8}{t:>7}{r['workers']:>8}{r['agent_steps_per_s']:>12,.0f}{r['ticks_per_s']:>9.2f}"
               f"{r['startup_s']:>11.2f}{r['steady_agent_steps_per_s']:>16,.0f}{r['steady_ticks_per_s']:>16.2f}",
               flush=True)
+    out = {"example": args.example, "runs": runs}
+    if args.barrier:
+        b = bench_barrier(Path(args.example), 1000, 30, 8)
+        out["barrier"] = b
+        print(f"barrier: {b['groups']} groups on {b['cores']} cores, {b['wall_s']:.1f} s wall; idle groups burned "
+              f"at most {b['idle_group_cpu_s_max']:.2f} s CPU ({100 * b['idle_group_cpu_fraction_max']:.1f}% of a core, "
+              f"start-up included); the busy group {b['busy_group_cpu_s']:.1f} s")
     if args.json:
-        print(json.dumps({"example": args.example, "runs": runs}))
+        print(json.dumps(out))
     return 0
 
 

@@ -169,3 +169,24 @@ def test_no_cuda_means_one_clear_line_and_cpu(tmp_path, asker_wasm, models):
         assert len(err) == 1 and "CUDA" in err[0] and "CPU" in err[0], p.stderr
     else:  # a machine with a working GPU: nothing to complain about
         assert used == "cuda" and not err
+
+
+def test_requests_are_idempotent_a_restarted_engine_gives_the_same_bytes(models):
+    """Request ids derive from (agent, seq): replaying the same batch into a fresh
+    engine (what a restarted inference process sees) yields identical results."""
+    from wasm_engine.inference import build_engine, execute_batch, request_id
+    from wasm_engine.shm_protocol import RecordBatch
+
+    lm_req = __import__("wasm_engine.inference", fromlist=["x"]).encode_generate_request(
+        __import__("wasm_engine.inference", fromlist=["x"]).GenerateRequest(
+            prompt="The village", max_new_tokens=8, temperature=0.9, top_k=5, top_p=0.9, seed=11))
+    cfg = {"models": [{"id": "lm", "path": str(models / "lm/model.onnx"), "kind": "causal_lm",
+                       "tokenizer": str(models / "lm/tokenizer.json")}], "provider": "cpu"}
+    batch = RecordBatch.from_arrays(kind=66, source=np.array([3, 5, 9]), destination=0, tick=4,
+                                    seq=np.array([7, 7, 2]), payload_len=np.full(3, len(lm_req)),
+                                    payload=np.frombuffer(lm_req * 3, np.uint8))
+    first = execute_batch(build_engine(cfg, 1 << 20), batch, 1 << 20)
+    again = execute_batch(build_engine(cfg, 1 << 20), batch, 1 << 20)
+    assert first == again and (first.headers["flags"] == 0).all()
+    assert request_id(3, 7) != request_id(5, 7)
+    assert decode_generate_result(first.payload_of(0)).n_generated_tokens == 8
