@@ -58,7 +58,9 @@ def build_engine(config: dict, max_result_bytes: int):
     from ._engine import InferenceEngine
     from ._models import ModelSpec
 
-    specs = [ModelSpec(id=m["id"], path=m["path"], kind=m["kind"], tokenizer_path=m.get("tokenizer"))
+    specs = [ModelSpec(id=m["id"], path=m["path"], kind=m["kind"], tokenizer_path=m.get("tokenizer"),
+                       provider=m.get("provider"), max_context=m.get("max_context") or None,
+                       batch=m.get("batch", True))
              for m in config["models"]]
     return InferenceEngine(specs, provider=config.get("provider", "auto"), max_result_bytes=max_result_bytes)
 

@@ -68,7 +68,7 @@ def cmd_run(args) -> int:
                                                      log_path=args.log)
     progress = None if args.quiet else Progress(sc.name)
     sup = Supervisor(sc, groups=args.workers, transport=args.transport, log_path=None if args.no_log else sc.log_path,
-                     progress=progress)
+                     progress=progress, provider=None if args.provider == "auto" else args.provider)
     summary = sup.run()
     d = summary.as_dict()
     if args.json:
@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-log", action="store_true", help="do not write a replay log")
     r.add_argument("--json", action="store_true", help="last line of stdout: one JSON summary")
     r.add_argument("--quiet", action="store_true", help="no progress output")
+    r.add_argument("--provider", choices=("auto", "cuda", "cpu", "tensorrt"), default="auto",
+                   help="execution provider for every model (default: each model's scenario setting, auto = CUDA then CPU)")
     r.add_argument("--transport", choices=("process", "inline"), default="process", help=argparse.SUPPRESS)
     r.set_defaults(fn=cmd_run)
     v = sub.add_parser("verify", help="re-execute a run from its log and compare")

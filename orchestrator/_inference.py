@@ -32,11 +32,12 @@ GRACEFUL_TIMEOUT_S = 5.0
 
 
 def model_config(scenario, provider: str | None) -> dict:
+    """Each model's provider is its scenario entry's, unless the command line forces one."""
     models = [{"id": m.id, "path": str(m.path), "kind": m.kind,
-               "tokenizer": str(m.tokenizer) if m.tokenizer else None} for m in scenario.models]
-    provs = {m.provider for m in scenario.models}
-    chosen = provider or (provs.pop() if len(provs) == 1 else "auto")
-    return {"models": models, "provider": chosen}
+               "tokenizer": str(m.tokenizer) if m.tokenizer else None,
+               "provider": provider or m.provider, "max_context": m.max_context, "batch": m.batch}
+              for m in scenario.models]
+    return {"models": models, "provider": provider or "auto"}
 
 
 class InlineInference:

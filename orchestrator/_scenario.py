@@ -91,7 +91,7 @@ _AGENT_KEYS = (
     "kind", "module", "count", "capabilities", "fuel_per_tick", "memory_limit_bytes",
     "max_sends_per_tick", "max_infers_per_tick", "priority", "after",
 ) + _CONFIG_KEYS
-_MODEL_KEYS = ("id", "path", "kind", "tokenizer", "provider")
+_MODEL_KEYS = ("id", "path", "kind", "tokenizer", "provider", "max_context", "batch")
 _TOP_KEYS = ("run", "agents", "models")
 
 # Version tag at the start of `Scenario.canonical_bytes()`; bump it whenever the
@@ -147,6 +147,10 @@ class ModelSpecEntry:
     kind: str
     tokenizer: Path | None
     provider: str
+    #: causal_lm only: tokens the model can attend to; 0 = read it from the model's metadata.
+    max_context: int = 0
+    #: allow batching this model's requests (the engine still checks batched == unbatched).
+    batch: bool = True
 
 
 # Both names are public: `Scenario.models` holds ModelSpec(Entry) objects.
@@ -273,7 +277,7 @@ class Scenario:
                 for k in self.kinds
             ],
             # Model order is kept: agents may refer to models by index.
-            "models": [{"id": m.id, "kind": m.kind} for m in self.models],
+            "models": [{"id": m.id, "kind": m.kind, "max_context": m.max_context} for m in self.models],
         }
         body = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
         return (_CANONICAL_TAG + "\n" + body).encode("ascii")
@@ -752,5 +756,12 @@ class _Parser:
                     self.fail(f"{p}.tokenizer", f'only allowed with kind = "causal_lm" (kind is "{kind}")')
                 tokenizer = None
             provider = self.choice(t, "provider", p, PROVIDERS, "auto")
-            out.append(ModelSpecEntry(id=mid, path=path, kind=kind, tokenizer=tokenizer, provider=provider))
+            max_context = self.int_(t, "max_context", p, 0, 1 << 20, 0)
+            if max_context and kind != "causal_lm":
+                self.fail(f"{p}.max_context", f'only allowed with kind = "causal_lm" (kind is "{kind}")')
+            batch = t.get("batch", True)
+            if not isinstance(batch, bool):
+                self.fail(f"{p}.batch", f"must be true or false, {_got(batch)}")
+            out.append(ModelSpecEntry(id=mid, path=path, kind=kind, tokenizer=tokenizer, provider=provider,
+                                      max_context=max_context, batch=batch))
         return tuple(out)

@@ -419,9 +419,13 @@ def build_onnx(params: dict[str, np.ndarray], cfg: Config, *, position_ids: bool
 
 
 def build_tiny_lm(out_dir: str | Path, *, steps: int = DEFAULT_STEPS, seed: int = 0, position_ids: bool = True,
-                  kv_dtype: str = "float32", log: bool = False) -> dict[str, Path]:
-    """Train (steps > 0) or initialise the model, write model.onnx and tokenizer.json."""
-    cfg = Config()
+                  kv_dtype: str = "float32", log: bool = False, config: Config | None = None) -> dict[str, Path]:
+    """Train (steps > 0) or initialise the model, write model.onnx and tokenizer.json.
+
+    `config` changes the architecture (tests use a smaller one); the vocabulary
+    is fixed by the tokenizer.
+    """
+    cfg = config or Config()
     params = train(cfg, steps, seed, CORPUS.read_text(encoding="utf-8"), log=log)
     model = build_onnx({k: v.astype(np.float32) for k, v in params.items()}, cfg,
                        position_ids=position_ids, kv_dtype=kv_dtype)
