@@ -515,28 +515,3 @@ def test_section_length_past_frame_without_verify(small_log: Path, tmp_path: Pat
     with LogReader(bad) as r:
         with pytest.raises(ReplayLogError, match="frame checksum mismatch"):
             r.read_tick(0)
-
-
-# ---------------------------------------------------------------------------
-# Speed (10,000 frames of ~100 KB = 1 GB); excluded from the default suite
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.bench
-def test_read_speed(tmp_path: Path) -> None:
-    p = tmp_path / "big.welog"
-    sections = {0: np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8), 1: b"x" * 64}
-    t0 = time.perf_counter()
-    with LogWriter(p, {}, [], 0) as w:
-        for t in range(10_000):
-            w.append_tick(t, sections)
-    t1 = time.perf_counter()
-    total = 0
-    with LogReader(p) as r:
-        for _, s in r.ticks():
-            total += len(s[0])
-    t2 = time.perf_counter()
-    size = p.stat().st_size
-    print(f"\nwrite {size / 1e9:.2f} GB in {t1 - t0:.2f}s, read+verify in {t2 - t1:.2f}s")
-    assert total == 10_000 * 100_000
-    assert t2 - t1 < 10
