@@ -139,7 +139,7 @@ class Supervisor:
     def __init__(self, scenario: Scenario, *, groups: int | None = None,
                  assignment: str | np.ndarray | None = None, transport: str = "process",
                  log_path: str | os.PathLike | None = None, expected=None, progress=None,
-                 provider: str | None = None, inference=None) -> None:
+                 provider: str | None = None, inference=None, host: str = "fast") -> None:
         self.sc = scenario
         n = scenario.total_agents
         g = groups if groups is not None else (scenario.groups or os.cpu_count() or 1)
@@ -170,6 +170,7 @@ class Supervisor:
         for k in scenario.kinds:
             self.infer_limit[k.first_agent_id:k.first_agent_id + k.count] = max(1, k.max_infers_per_tick) * BACKLOG_QUOTA_MULTIPLE
         self.provider = provider
+        self.host = host  # "fast" or "reference": how groups call agents (same results)
         self._inference = inference  # a source given by the caller (verify: the log)
 
     # -- header / identity -------------------------------------------------------
@@ -218,7 +219,7 @@ class Supervisor:
             ids = np.flatnonzero(self.group_of == g)
             specs.append(GroupSpec(group_index=g, run_seed=self.sc.seed, total_agents=self.sc.total_agents,
                                    max_message_bytes=self.sc.max_message_bytes, n_models=len(self.sc.models),
-                                   kinds=tuple(self.kind_specs), agent_ids=tuple(ids.tolist())))
+                                   kinds=tuple(self.kind_specs), agent_ids=tuple(ids.tolist()), host=self.host))
         if self.transport == "inline":
             return [InlineLink(s, self.module_blobs) for s in specs]
         ctx = multiprocessing.get_context("spawn")

@@ -8,6 +8,7 @@ from ._abi import (
     EXPORTS as ABI_EXPORTS,
     IMPORTS as IMPORTS,
     AgentLoadError as AgentLoadError,
+    WorkerError as WorkerError,
     check_module as check_module,
 )
 from ._host import (

@@ -35,7 +35,11 @@ EXPORTS: dict[str, tuple[tuple, tuple]] = {
 }
 
 
-class AgentLoadError(Exception):
+class WorkerError(Exception):
+    """Root of every exception raised on purpose by wasm_engine.worker."""
+
+
+class AgentLoadError(WorkerError):
     """An agent module cannot be loaded: bad ABI, ungranted or unknown import.
 
     The message is one line naming the module file and what to change.

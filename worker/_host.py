@@ -19,10 +19,15 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+from ctypes import POINTER, byref, c_uint64, c_void_p, cast
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import wasmtime
+# wasmtime-py's ctypes bindings of wasmtime's C API (the "FFI loader" layer of
+# wasmtime-py). The fast host path calls the *_unchecked entry points through
+# them; the version is pinned in pyproject.toml and checked in make_engine().
+from wasmtime import _ffi as wt_ffi
 
 from ..shm_protocol import RECORD_DTYPE, RecordBatch
 from . import _rng
@@ -82,6 +87,10 @@ class GroupSpec:
     max_log_bytes: int = 256
     max_logs_per_tick: int = 16
     max_publish_bytes: int = 4096
+    #: "fast": host functions and we_step through wasmtime's *_unchecked C API
+    #: (raw value slots); "reference": through wasmtime-py's checked wrappers.
+    #: Both must give identical runs; tests cross-check them.
+    host: str = "fast"
     agent_ids: tuple[int, ...] = field(default=())
 
     def to_json(self, with_ids: bool = True) -> bytes:
@@ -142,11 +151,30 @@ class _Agent:
     __slots__ = (
         "id", "kind", "store", "memory", "base", "step", "status", "seq", "fuel", "sends", "logs",
         "infers", "in_lo", "in_hi", "rng_key", "rng_n", "pub", "quota", "infer_quota", "fuel_total",
+        "ctx", "mem_ref", "step_ref",
     )
+
+
+WASMTIME_VERSION = "50.0.1"
+_RAW = wt_ffi.wasmtime_val_raw_t
+_UNCHECKED_CB = wt_ffi.wasmtime_func_unchecked_callback_t
+_NO_FINALIZER = ctypes.CFUNCTYPE(None, c_void_p)(lambda _env: None)
+
+
+def check_wasmtime_version() -> None:
+    import importlib.metadata
+
+    have = importlib.metadata.version("wasmtime")
+    if have != WASMTIME_VERSION:
+        raise RuntimeError(
+            f"wasm-engine needs wasmtime=={WASMTIME_VERSION} (fuel accounting and the C entry points it calls "
+            f"are pinned), found {have}; reinstall with `pip install wasmtime=={WASMTIME_VERSION}`"
+        )
 
 
 def make_engine(kinds) -> wasmtime.Engine:
     """One engine per group, configured for determinism and many small instances."""
+    check_wasmtime_version()
     cfg = wasmtime.Config()
     cfg.consume_fuel = True
     # NaN bit patterns are the one place where wasm floats may differ across
@@ -170,6 +198,14 @@ class GroupHost:
 
     def __init__(self, spec: GroupSpec, module_bytes: dict[str, bytes] | None = None) -> None:
         self.spec = spec
+        if spec.host not in ("fast", "reference"):
+            raise ValueError(f"unknown host path {spec.host!r}")
+        self.fast = spec.host == "fast"
+        self._pending: BaseException | None = None
+        self._callbacks: list = []  # keep ctypes callbacks alive as long as the linkers
+        self._step_args = (_RAW * 1)()
+        self._fuel_out = c_uint64(0)
+        self._fuel_ref = byref(self._fuel_out)
         self.engine = make_engine(spec.kinds)
         self.tick = INIT_TICK
         self.cur: _Agent | None = None
@@ -212,9 +248,101 @@ class GroupHost:
         granted = set(kind.capabilities)
         for name, (params, results, cap) in IMPORTS.items():
             if cap is None or cap in granted:
-                linker.define_func("we", name, wasmtime.FuncType(list(params), list(results)),
-                                   getattr(self, "_h_" + name))
+                ty = wasmtime.FuncType(list(params), list(results))
+                if self.fast:
+                    self._define_unchecked(linker, name, ty, len(params), str(results[0]) == "i64")
+                else:
+                    linker.define_func("we", name, ty, getattr(self, "_h_" + name))
         return module, linker
+
+    # -- the fast path: raw value slots, no per-call type objects -----------------
+    def _guest_trap(self, exc: BaseException) -> int:
+        """Turn a host function's exception into a trap of the calling agent."""
+        self._pending = exc
+        msg = b"host function fault"
+        return cast(wt_ffi.wasmtime_trap_new(msg, len(msg)), c_void_p).value
+
+    def _define_unchecked(self, linker, name: str, ty, nparams: int, res_i64: bool) -> None:
+        method = getattr(self, "_h_" + name)
+        trap = self._guest_trap
+        if nparams == 0:
+            if res_i64:
+                def cb(env, caller, args, n):
+                    try:
+                        args[0].i64 = method()
+                        return 0
+                    except BaseException as e:  # noqa: BLE001 - becomes a guest trap
+                        return trap(e)
+            else:
+                def cb(env, caller, args, n):
+                    try:
+                        args[0].i32 = method()
+                        return 0
+                    except BaseException as e:  # noqa: BLE001
+                        return trap(e)
+        elif nparams == 2:
+            def cb(env, caller, args, n):
+                try:
+                    args[0].i32 = method(args[0].i32, args[1].i32)
+                    return 0
+                except BaseException as e:  # noqa: BLE001
+                    return trap(e)
+        elif nparams == 3:
+            if res_i64:
+                def cb(env, caller, args, n):
+                    try:
+                        args[0].i64 = method(args[0].i32, args[1].i32, args[2].i32)
+                        return 0
+                    except BaseException as e:  # noqa: BLE001
+                        return trap(e)
+            else:
+                def cb(env, caller, args, n):
+                    try:
+                        args[0].i32 = method(args[0].i32, args[1].i32, args[2].i32)
+                        return 0
+                    except BaseException as e:  # noqa: BLE001
+                        return trap(e)
+        else:  # pragma: no cover - the ABI has no other arity
+            raise AssertionError(name)
+        c_cb = _UNCHECKED_CB(cb)
+        self._callbacks.append(c_cb)
+        mod, nm = b"we", name.encode()
+        err = wt_ffi.wasmtime_linker_define_func_unchecked(linker.ptr(), mod, len(mod), nm, len(nm), ty.ptr(), c_cb,
+                                                           None, _NO_FINALIZER)
+        if err:
+            raise wasmtime.WasmtimeError._from_ptr(err)
+
+    def _call_step(self, a: _Agent, tick: int) -> int:
+        if not self.fast:
+            return a.step(a.store, tick)
+        args = self._step_args
+        args[0].i64 = tick
+        trap = POINTER(wt_ffi.wasm_trap_t)()
+        err = wt_ffi.wasmtime_func_call_unchecked(a.ctx, a.step_ref, args, 1, byref(trap))
+        if err or trap:
+            exc = wasmtime.WasmtimeError._from_ptr(err) if err else wasmtime.Trap._from_ptr(trap)
+            pending, self._pending = self._pending, None
+            raise pending if pending is not None else exc
+        return args[0].i32
+
+    def _set_fuel(self, a: _Agent) -> None:
+        if self.fast:
+            err = wt_ffi.wasmtime_context_set_fuel(a.ctx, a.fuel)
+            if err:
+                raise wasmtime.WasmtimeError._from_ptr(err)
+        else:
+            a.store.set_fuel(a.fuel)
+
+    def _fuel_left(self, a: _Agent) -> int:
+        if self.fast:
+            err = wt_ffi.wasmtime_context_get_fuel(a.ctx, self._fuel_ref)
+            if err:
+                raise wasmtime.WasmtimeError._from_ptr(err)
+            return self._fuel_out.value
+        return a.store.get_fuel()
+
+    def _mem_len(self, a: _Agent) -> int:
+        return wt_ffi.wasmtime_memory_data_size(a.ctx, a.mem_ref)
 
     def _instantiate(self, kind: KindSpec, module, linker, agent_id: int) -> None:
         a = _Agent()
@@ -239,6 +367,9 @@ class GroupHost:
         a.memory = ex["memory"]
         a.base = ctypes.cast(a.memory.data_ptr(a.store), ctypes.c_void_p).value or 0
         a.step = ex["we_step"]
+        a.ctx = a.store._context()
+        a.mem_ref = byref(a.memory._memory)
+        a.step_ref = byref(a.step._func)
         if len(self.agents) == 0 or self.agents[-1].kind is not kind:
             version = ex["we_abi_version"](a.store)
             if version != ABI_VERSION:
@@ -264,7 +395,7 @@ class GroupHost:
                 self._emit(K_TRAP, a, 0, int(TrapCode.INIT_FAILED).to_bytes(4, "little")
                            + f"we_init returned {rc}".encode())
                 a.status = AgentStatus.QUARANTINED
-        a.fuel_total += a.fuel - a.store.get_fuel()
+        a.fuel_total += a.fuel - self._fuel_left(a)
         self.cur = None
 
     # -- output buffer -----------------------------------------------------------
@@ -319,7 +450,7 @@ class GroupHost:
     def _begin_step(self, a: _Agent, tick: int) -> None:
         a.sends = a.logs = a.infers = 0
         a.rng_key, a.rng_n, a.pub = None, 0, None
-        a.store.set_fuel(a.fuel)
+        self._set_fuel(a)
 
     def _end_step(self, a: _Agent) -> None:
         if a.pub is not None:
@@ -353,7 +484,7 @@ class GroupHost:
             self._begin_step(a, tick)
             mark = self._mark()
             try:
-                rc = a.step(a.store, tick)
+                rc = self._call_step(a, tick)
             except Exception as e:  # noqa: BLE001 - any guest failure quarantines the agent
                 self._fault(a, mark, *_classify(e))
             else:
@@ -361,7 +492,7 @@ class GroupHost:
                 if rc != 0:
                     a.status = AgentStatus.HALTED
                     self._emit(K_HALT, a, 0, int(rc & 0xFFFFFFFF).to_bytes(4, "little"))
-            used = a.fuel - a.store.get_fuel()
+            used = a.fuel - self._fuel_left(a)
             a.fuel_total += used
             fuel_ids.append(a.id)
             fuel_used.append(used)
@@ -378,7 +509,7 @@ class GroupHost:
         st = np.zeros(len(self.agents), STATE_DTYPE)
         for i, a in enumerate(self.agents):
             h = hashlib.blake2b(digest_size=32)
-            n = a.memory.data_len(a.store)
+            n = self._mem_len(a)
             h.update(n.to_bytes(8, "little"))
             h.update(ctypes.string_at(a.base, n))
             for name, ext in sorted(_globals(a)):
@@ -390,10 +521,11 @@ class GroupHost:
     # -- host functions (ABI v1, docs/ABI.md) -------------------------------------
     def _span(self, a: _Agent, ptr: int, n: int, fn: str) -> int:
         ptr &= 0xFFFFFFFF
-        if n < 0 or ptr + n > a.memory.data_len(a.store):
+        size = wt_ffi.wasmtime_memory_data_size(a.ctx, a.mem_ref)
+        if n < 0 or ptr + n > size:
             raise _HostFault(
                 TrapCode.HOST_OUT_OF_BOUNDS,
-                f"we.{fn}: range [{ptr}, {ptr + n}) outside linear memory of {a.memory.data_len(a.store)} bytes",
+                f"we.{fn}: range [{ptr}, {ptr + n}) outside linear memory of {size} bytes",
             )
         return a.base + ptr
 

@@ -216,3 +216,23 @@ def test_dag_later_stage_sees_earlier_stage_in_same_tick(tmp_path, gossip_wasm):
 def _seed_i64(seed, agent):
     v = rng_stream_key(seed, agent, INIT_TICK)
     return v - 2**64 if v >= 2**63 else v
+
+
+# ---- the fast host path against the reference path --------------------------------
+@pytest.mark.parametrize("trap_kind", [0, 1, 2, 3, 4, 5, 6])
+def test_fast_and_reference_host_paths_agree(tmp_path, gossip_wasm, trap_kind):
+    sc = write_scenario(tmp_path, gossip_wasm, count=24, ticks=5, fanout=3, trap_tick=2, trap_kind=trap_kind,
+                        trap_mod=5, fuel=20000, memory_limit=131072)
+    fast = run(sc, groups=2, host="fast", log_path=tmp_path / "f.welog")
+    ref = run(sc, groups=3, host="reference", log_path=tmp_path / "r.welog")
+    assert fast.run_hash == ref.run_hash
+    assert fast.traps == ref.traps == (0 if trap_kind in (0, 6) else 5)
+
+
+@pytest.mark.parametrize("example", ["epidemic", "market", "predator_prey", "wat_counter"])
+def test_examples_agree_on_both_host_paths(example):
+    from pathlib import Path
+
+    sc = load_scenario(Path(__file__).resolve().parents[2] / "examples" / example / "scenario.toml").with_overrides(ticks=3)
+    assert Supervisor(sc, groups=1, transport="inline", host="fast").run().run_hash == \
+        Supervisor(sc, groups=2, transport="inline", host="reference").run().run_hash
