@@ -44,7 +44,7 @@ def _push(ch: Channel, batch: RecordBatch, parent_pid: int) -> None:
             ch.send.push_batch(batch, timeout_s=PUSH_TIMEOUT_S)
             return
         except RingFullError as e:
-            batch = batch.take(np.arange(e.pushed, len(batch)))
+            batch = batch.slice(e.pushed, len(batch))
             if os.getppid() != parent_pid:
                 raise SystemExit(3) from None
 
@@ -116,7 +116,7 @@ def inference_main(channel_name: str, parent_pid: int) -> None:
             start = 0
             for c in ctrl.tolist():
                 if c > start:
-                    pending.append(batch.take(np.arange(start, c)))
+                    pending.append(batch.slice(start, c))
                 start = c + 1
                 kind, tick = int(kinds[c]), int(batch.headers[c]["tick"])
                 if kind == K_INF_INIT:
@@ -129,14 +129,14 @@ def inference_main(channel_name: str, parent_pid: int) -> None:
                 elif kind == K_INF_EXECUTE:
                     reqs = RecordBatch.concat(pending)
                     pending.clear()
-                    _push(ch, execute_batch(engine, reqs, max_result), parent_pid)
-                    _push(ch, _one(K_INF_DONE, tick=tick), parent_pid)
+                    out = execute_batch(engine, reqs, max_result)
+                    _push(ch, RecordBatch.concat([out, _one(K_INF_DONE, tick=tick)]), parent_pid)
                 elif kind == K_INF_SHUTDOWN:
                     return
                 else:
                     raise RuntimeError(f"inference process received unexpected record kind {kind}")
             if start < len(batch):
-                pending.append(batch.take(np.arange(start, len(batch))))
+                pending.append(batch.slice(start, len(batch)))
     except SystemExit:
         raise
     except BaseException:

@@ -624,3 +624,12 @@ int we_ring_exchange(const we_ring_ref *out, const we_ring_ref *in, uint16_t kin
     return we_ring_pop(in->base, in->size, in->ring_off, reply, 1, reply_payload, reply_cap,
                        timeout_ns, in->spin_iters, &popped, &used, err_off);
 }
+
+int64_t we_exchange(we_exchange_ctx *c, const char *payload, uint32_t payload_len) {
+    int rc = we_ring_exchange(c->send_first ? &c->out : NULL, &c->in, c->req.kind, c->req.source,
+                              c->req.destination, c->req.tick, c->req.seq, payload, payload_len,
+                              &c->rep, c->rep_payload, c->rep_cap, c->timeout_ns, &c->err_off);
+    if (rc == WE_TIMEOUT) return WE_ERR_EMPTY_TIMEOUT;
+    if (rc != WE_OK) return rc;
+    return (int64_t)c->rep.payload_len;
+}

@@ -29,6 +29,7 @@
 #define WE_ERR_LAYOUT -10    /* ring geometry invalid (capacity, header fields) */
 #define WE_ERR_SYS -11       /* futex syscall failed unexpectedly */
 #define WE_ERR_FULL_TIMEOUT -12 /* exchange: the push half timed out (ring full) */
+#define WE_ERR_EMPTY_TIMEOUT -13 /* exchange: no reply arrived before the timeout */
 
 #define WE_RING_MAGIC 0x47524557u /* "WERG" little-endian */
 #define WE_RING_VERSION 1
@@ -131,5 +132,24 @@ int we_ring_exchange(const we_ring_ref *out, const we_ring_ref *in, uint16_t kin
                      const char *payload, uint32_t payload_len, we_record_header *reply,
                      uint8_t *reply_payload, uint32_t reply_cap, int64_t timeout_ns,
                      uint64_t *err_off);
+
+/* Request/response context: everything a latency-path exchange needs, set
+ * up once, so each call passes three arguments. `req` carries the header of
+ * the record to send (payload_len is filled in); `rep` receives the reply. */
+typedef struct {
+    we_ring_ref out;
+    we_ring_ref in;
+    we_record_header req;
+    we_record_header rep;
+    uint8_t *rep_payload;
+    uint32_t rep_cap;
+    uint32_t send_first;   /* 0: only receive (first call of a serving loop) */
+    int64_t timeout_ns;
+    uint64_t err_off;
+} we_exchange_ctx;
+
+/* Returns the reply's payload length (>= 0), or a negative status
+ * (WE_ERR_EMPTY_TIMEOUT when no reply came in time). */
+int64_t we_exchange(we_exchange_ctx *c, const char *payload, uint32_t payload_len);
 
 #endif

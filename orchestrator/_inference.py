@@ -94,13 +94,16 @@ class ProcessInference:
                 self.channel.send.push_batch(batch, timeout_s=POLL_S)
                 return
             except RingFullError as e:
-                batch = batch.take(np.arange(e.pushed, len(batch)))
+                batch = batch.slice(e.pushed, len(batch))
                 self._check_alive()
 
+    @staticmethod
+    def _record(kind: int, payload: bytes = b"", tick: int = 0) -> RecordBatch:
+        return RecordBatch.from_arrays(kind=kind, source=0, destination=0, tick=tick, seq=0,
+                                       payload_len=np.array([len(payload)]), payload=np.frombuffer(payload, np.uint8))
+
     def _one(self, kind: int, payload: bytes = b"", tick: int = 0) -> None:
-        self._push(RecordBatch.from_arrays(kind=kind, source=0, destination=0, tick=tick, seq=0,
-                                           payload_len=np.array([len(payload)]),
-                                           payload=np.frombuffer(payload, np.uint8)))
+        self._push(self._record(kind, payload, tick))
 
     def _until(self, kind: int, timeout_s: float | None = None) -> tuple[RecordBatch, RecordBatch]:
         parts = []
@@ -139,8 +142,7 @@ class ProcessInference:
     def submit(self, tick: int, requests: RecordBatch) -> None:
         reqs = requests.take(np.arange(len(requests)))
         reqs.headers["kind"] = K_INF_REQUEST
-        self._push(reqs)
-        self._one(K_INF_EXECUTE, tick=tick)
+        self._push(RecordBatch.concat([reqs, self._record(K_INF_EXECUTE, tick=tick)]))
 
     def results(self, tick: int) -> RecordBatch:
         """Results of the requests submitted at ``tick``; waits for them if late.
@@ -159,12 +161,12 @@ class ProcessInference:
                 raise GroupFailedError("inference process: " + b.payload_of(int(err[0])).decode("utf-8", "replace"), -1)
             start = 0
             for d in np.flatnonzero(kinds == K_INF_DONE).tolist():
-                self._partial.append(b.take(np.arange(start, d)))
+                self._partial.append(b.slice(start, d))
                 self._ready[int(b.headers[d]["tick"])] = RecordBatch.concat(self._partial)
                 self._partial = []
                 start = d + 1
             if start < len(b):
-                self._partial.append(b.take(np.arange(start, len(b))))
+                self._partial.append(b.slice(start, len(b)))
         return self._ready.pop(tick)
 
     def close(self) -> None:

@@ -91,13 +91,17 @@ class ProcessLink:
                 self.channel.send.push_batch(batch, timeout_s=POLL_S)
                 return
             except RingFullError as e:
-                batch = batch.take(np.arange(e.pushed, len(batch)))
+                batch = batch.slice(e.pushed, len(batch))
                 self._check_alive()
 
+    @staticmethod
+    def _record(kind: int, payload: bytes = b"", tick: int = 0, flags: int = 0) -> RecordBatch:
+        return RecordBatch.from_arrays(kind=kind, source=0, destination=0, tick=tick, seq=0,
+                                       payload_len=np.array([len(payload)]),
+                                       payload=np.frombuffer(payload, np.uint8), flags=flags)
+
     def _one(self, kind: int, payload: bytes = b"", tick: int = 0, flags: int = 0) -> None:
-        self._push(RecordBatch.from_arrays(kind=kind, source=0, destination=0, tick=tick, seq=0,
-                                           payload_len=np.array([len(payload)]),
-                                           payload=np.frombuffer(payload, np.uint8), flags=flags))
+        self._push(self._record(kind, payload, tick, flags))
 
     def _collect_until(self, end_kind: int, timeout_s: float | None = None) -> RecordBatch:
         parts = []
@@ -135,8 +139,8 @@ class ProcessLink:
         self._collect_until(K_READY, READY_TIMEOUT_S)
 
     def run_stage(self, tick: int, stage: int, deliveries: RecordBatch) -> None:
-        self._push(deliveries)
-        self._one(K_RUN, tick=tick, flags=stage)
+        # One push: every push may cost the peer a futex wake-up.
+        self._push(RecordBatch.concat([deliveries, self._record(K_RUN, tick=tick, flags=stage)]))
 
     def request_final(self) -> None:
         self._one(K_FINAL)

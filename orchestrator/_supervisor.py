@@ -312,7 +312,7 @@ class Supervisor:
                 else:
                     bounds = np.zeros(self.n_groups + 1, np.int64)
                 for g, link in enumerate(links):
-                    link.run_stage(tick, stage, deliveries.take(np.arange(bounds[g], bounds[g + 1])))
+                    link.run_stage(tick, stage, deliveries.slice(bounds[g], bounds[g + 1]))
                 # 3. gather, then canonical order: nothing depends on which group answered first
                 outs = RecordBatch.concat([link.collect() for link in links])
                 kinds = outs.headers["kind"]

@@ -2,7 +2,10 @@
 """Transport benchmark: wasm-engine rings vs multiprocessing.Pipe / Queue (/ pyzmq).
 
 Measures, in one run on this machine, between two processes:
-  * round-trip latency of a 64-byte message (median and p99), ping-pong;
+  * round-trip latency of a 64-byte message (median and p99), ping-pong; for
+    the ring both through the lean bytes API (``Channel.call_bytes`` /
+    ``reply_recv_bytes``, row "ring") and the general Record API
+    (``Channel.call`` / ``reply_recv``, row "ring_records", same throughput);
   * one-way throughput of 64-byte messages (batched where the transport allows).
 
 Prints a table; with --json the last line of stdout is one JSON object:
@@ -35,6 +38,20 @@ def _ring_echo(name: str, n: int) -> None:
         for _ in range(n - 1):
             r = ch.reply_recv(KIND, r.payload, timeout_s=30)
         ch.send.push(KIND, r.payload, timeout_s=30)
+    finally:
+        ch.close()
+
+
+def _ring_echo_bytes(name: str, n: int) -> None:
+    from wasm_engine.shm_protocol import Channel
+
+    ch = Channel.attach(name)
+    try:
+        ch.set_call_header(KIND)
+        r = ch.recv.pop(timeout_s=30).payload
+        for _ in range(n - 1):
+            r = ch.reply_recv_bytes(r, timeout_s=30)
+        ch.send.push(KIND, r, timeout_s=30)
     finally:
         ch.close()
 
@@ -114,23 +131,39 @@ def _pct(samples_ns) -> tuple[float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 99))
 
 
-def bench_ring(ctx, rtt_n: int, tput_n: int, batch: int) -> dict:
+def _ring_rtt(ctx, rtt_n: int, lean: bool) -> list:
     from wasm_engine.shm_protocol import Channel
 
     warm = rtt_n // 10
     with Channel.create(capacity_bytes=1 << 22, tag="bench") as ch:
-        p = ctx.Process(target=_ring_echo, args=(ch.name, rtt_n + warm))
+        p = ctx.Process(target=_ring_echo_bytes if lean else _ring_echo, args=(ch.name, rtt_n + warm))
         p.start()
         msg = bytes(MSG_BYTES)
         times = []
-        call = ch.call
         clock = time.perf_counter_ns
-        for i in range(rtt_n + warm):
-            t0 = clock()
-            call(KIND, msg, timeout_s=30)
-            if i >= warm:
-                times.append(clock() - t0)
+        if lean:
+            ch.set_call_header(KIND)
+            call = ch.call_bytes
+            for i in range(rtt_n + warm):
+                t0 = clock()
+                call(msg, timeout_s=30)
+                if i >= warm:
+                    times.append(clock() - t0)
+        else:
+            call = ch.call
+            for i in range(rtt_n + warm):
+                t0 = clock()
+                call(KIND, msg, timeout_s=30)
+                if i >= warm:
+                    times.append(clock() - t0)
         p.join(30)
+    return times
+
+
+def bench_ring(ctx, rtt_n: int, tput_n: int, batch: int, lean: bool = True) -> dict:
+    from wasm_engine.shm_protocol import Channel
+
+    times = _ring_rtt(ctx, rtt_n, lean)
     with Channel.create(capacity_bytes=1 << 22, tag="bench") as ch:
         p = ctx.Process(target=_ring_produce, args=(ch.name, tput_n, batch))
         p.start()
@@ -257,7 +290,13 @@ def main(argv=None) -> int:
     res = {}
     t_start = time.perf_counter()
     print(f"measuring on {os.cpu_count()} cores, {MSG_BYTES}-byte messages ...", file=sys.stderr)
-    res["ring"] = bench_ring(ctx, args.rtt_n, args.tput_n, args.batch)
+    # "ring": the lean request/response API (call_bytes / reply_recv_bytes);
+    # "ring_records": the general API returning Record tuples (call / reply_recv).
+    res["ring"] = bench_ring(ctx, args.rtt_n, args.tput_n, args.batch, lean=True)
+    rec = _ring_rtt(ctx, args.rtt_n, lean=False)
+    p50, p99 = _pct(rec)
+    res["ring_records"] = {"rtt_us_p50": p50, "rtt_us_p99": p99, "msgs_per_s": res["ring"]["msgs_per_s"],
+                           "batch": args.batch}
     res["pipe"] = bench_pipe(ctx, args.rtt_n, args.slow_tput_n)
     res["pipe_batched"] = bench_pipe(ctx, 200, args.tput_n // 4 // args.batch * args.batch, args.batch)
     res["queue"] = bench_queue(ctx, args.rtt_n, args.slow_tput_n)

@@ -114,6 +114,11 @@ class RecordBatch:
     def records(self) -> list[Record]:
         return [self.record(i) for i in range(len(self))]
 
+    def slice(self, lo: int, hi: int) -> "RecordBatch":
+        """Records lo..hi-1 as views (no copy): the cheap case of take()."""
+        off = self.offsets
+        return RecordBatch(self.headers[lo:hi], self.payload[off[lo]:off[hi]])
+
     def take(self, index: np.ndarray) -> "RecordBatch":
         """Records at ``index`` (any order, repeats allowed), payloads gathered in numpy."""
         index = np.asarray(index, dtype=np.int64)

@@ -34,6 +34,9 @@ DEFAULT_SPIN_ITERS = 2000
 #: Most records one pop_batch returns.
 DEFAULT_MAX_BATCH_RECORDS = 65536
 
+_we_exchange = lib.we_exchange
+_HDR_UNPACK = __import__("struct").Struct("<HHIIIQII").unpack_from
+
 
 def ring_bytes(capacity_bytes: int) -> int:
     return RING_HEADER_BYTES + capacity_bytes
@@ -252,10 +255,11 @@ class Channel:
         if segment.ring_count != 2:
             raise ProtocolError(f"segment {segment.name} holds {segment.ring_count} rings, a channel has 2")
         self.segment = segment
-        self._xchg = None
         down = Ring(segment, 0, spin_iters=spin_iters)
         up = Ring(segment, 1, spin_iters=spin_iters)
         self.send, self.recv = (down, up) if segment.owner else (up, down)
+        self._ctx = self._make_ctx()
+        self._ctx_timeout_s = DEFAULT_TIMEOUT_S
 
     @classmethod
     def create(cls, *, capacity_bytes: int = DEFAULT_CAPACITY_BYTES,
@@ -282,19 +286,47 @@ class Channel:
     def name(self) -> str:
         return self.segment.name
 
-    def _refs(self):
-        if self._xchg is None:
-            def ref(ring):
-                r = ffi.new("we_ring_ref *")
-                r.base = ring.segment.ptr
-                r.size = ring.segment.size_bytes
-                r.ring_off = ring.offset
-                r.spin_iters = ring.spin_iters
-                return r
-            cap = self.recv.max_record_bytes
-            self._xchg = (ref(self.send), ref(self.recv), ffi.new("we_record_header *"),
-                          ffi.new("uint8_t[]", cap), cap, ffi.new("uint64_t *"))
-        return self._xchg
+    def _make_ctx(self):
+        """The exchange context (native we_exchange_ctx) and cached views of it."""
+        c = ffi.new("we_exchange_ctx *")
+        for name, ring in (("out", self.send), ("in", self.recv)):
+            ref = ffi.addressof(c[0], name)
+            ref.base = ring.segment.ptr
+            ref.size = ring.segment.size_bytes
+            ref.ring_off = ring.offset
+            ref.spin_iters = ring.spin_iters
+        cap = self.recv.max_record_bytes
+        buf = ffi.new("uint8_t[]", cap)
+        c.rep_payload = buf
+        c.rep_cap = cap
+        c.send_first = 1
+        c.timeout_ns = _timeout_ns(DEFAULT_TIMEOUT_S)
+        req = ffi.addressof(c[0], "req")
+        req.kind = 1
+        rep_buf = ffi.buffer(ffi.addressof(c[0], "rep"), RECORD_HEADER_BYTES)
+        return c, req, buf, ffi.buffer(buf, cap), rep_buf
+
+    def _exchange(self, payload, timeout_s) -> int:
+        """Reply payload length, or -1 on timeout."""
+        x = self._ctx
+        if x is None:
+            raise RingClosedError(f"channel {self.name} is closed")
+        c = x[0]
+        if timeout_s != self._ctx_timeout_s:
+            c.timeout_ns = _timeout_ns(timeout_s)
+            self._ctx_timeout_s = timeout_s
+        n = _we_exchange(c, payload, len(payload))
+        return n if n >= 0 else self._exchange_error(n, timeout_s)
+
+    def _exchange_error(self, rc: int, timeout_s) -> int:
+        if rc == lib.WE_ERR_EMPTY_TIMEOUT:
+            return -1
+        if rc == lib.WE_ERR_FULL_TIMEOUT:
+            raise RingFullError(f"ring {self.send.name}: full for {timeout_s} s", 0)
+        if rc == lib.WE_ERR_RECORD:
+            raise ValueError(f"record kind {self._ctx[1].kind} is reserved (0 and 0xFFFF)")
+        raise_for_status(rc, self.recv.name, self._ctx[0].err_off)
+        return -1
 
     def call(self, kind: int, payload: bytes = b"", *, source: int = 0, destination: int = 0,
              tick: int = 0, seq: int = 0, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> Record | None:
@@ -305,28 +337,56 @@ class Channel:
         arrived within ``timeout_s``; raises RingFullError if the send half
         could not get room in time.
         """
-        if self.segment._closed:
+        x = self._ctx
+        if x is None:
             raise RingClosedError(f"channel {self.name} is closed")
-        out, inp, hdr, buf, cap, err = self._refs()
-        if not KIND_MIN <= kind <= KIND_MAX:
-            raise ValueError(f"record kind {kind} outside [{KIND_MIN}, {KIND_MAX}]")
-        rc = lib.we_ring_exchange(out, inp, kind, source, destination, tick, seq, payload,
-                                  len(payload), hdr, buf, cap, _timeout_ns(timeout_s), err)
-        if rc:
-            if rc == lib.WE_TIMEOUT:
-                return None
-            if rc == lib.WE_ERR_FULL_TIMEOUT:
-                raise RingFullError(f"ring {self.send.name}: full for {timeout_s} s", 0)
-            raise_for_status(rc, self.recv.name, err[0])
-        return Record(hdr.kind, ffi.unpack(ffi.cast("char *", buf), hdr.payload_len), hdr.source,
-                      hdr.destination, hdr.tick, hdr.seq, hdr.flags)
+        req = x[1]
+        req.kind = kind
+        req.source = source
+        req.destination = destination
+        req.tick = tick
+        req.seq = seq
+        if self._exchange(payload, timeout_s) < 0:
+            return None
+        k, flags, n, src, dst, t, sq, _check = _HDR_UNPACK(x[4])
+        return Record(k, x[3][:n], src, dst, t, sq, flags)
 
     #: Serving side: reply to the last request and wait for the next one.
     reply_recv = call
 
+    def set_call_header(self, kind: int = 1, *, source: int = 0, destination: int = 0, tick: int = 0,
+                        seq: int = 0) -> None:
+        """The header that :meth:`call_bytes` / :meth:`reply_recv_bytes` send."""
+        x = self._ctx
+        if x is None:
+            raise RingClosedError(f"channel {self.name} is closed")
+        if not KIND_MIN <= kind <= KIND_MAX:
+            raise ValueError(f"record kind {kind} outside [{KIND_MIN}, {KIND_MAX}]")
+        req = x[1]
+        req.kind, req.source, req.destination, req.tick, req.seq = kind, source, destination, tick, seq
+
+    def call_bytes(self, payload: bytes, *, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> bytes | None:
+        """Lean request/response: send ``payload`` under the preset header
+        (:meth:`set_call_header`), return the reply's payload (None on timeout).
+
+        One native call and one copy of the reply; for latency-critical loops
+        that need no per-message header fields.
+        """
+        x = self._ctx
+        if x is None or timeout_s != self._ctx_timeout_s:
+            n = self._exchange(payload, timeout_s)
+        else:
+            n = _we_exchange(x[0], payload, len(payload))
+            if n < 0:
+                n = self._exchange_error(n, timeout_s)
+        return x[3][:n] if n >= 0 else None
+
+    #: Serving side of call_bytes.
+    reply_recv_bytes = call_bytes
+
     def close(self) -> None:
         """Unmap; the owner also unlinks. Idempotent."""
-        self._xchg = None
+        self._ctx = None
         self.segment.close()
         if self.segment.owner:
             self.segment.unlink()

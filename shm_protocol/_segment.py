@@ -13,10 +13,12 @@ once every process holding the tracker pipe is gone.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import sys
 import threading
+import weakref
 from multiprocessing import resource_tracker, shared_memory
 
 from ..native import ffi, lib
@@ -28,6 +30,23 @@ from ._layout import (
     SEGMENT_MAGIC,
     SEGMENT_PREFIX,
 )
+
+#: Segments this process still has open, closed (and, if ours, unlinked) at
+#: exit — before interpreter teardown, whose finalisation order would let
+#: SharedMemory's own finaliser run first and fail on our buffer export.
+_open_segments: "weakref.WeakSet[Segment]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    for seg in list(_open_segments):
+        try:
+            seg.close()
+            if seg.owner:
+                seg.unlink()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
 
 #: Largest segment we create; a limit on everything.
 MAX_SEGMENT_BYTES = 1 << 36
@@ -58,7 +77,7 @@ def new_segment_name(tag: str = "") -> str:
 class Segment:
     """One shared-memory mapping. Use :meth:`create` or :meth:`attach`."""
 
-    __slots__ = ("name", "size_bytes", "owner", "_shm", "ptr", "_closed", "_unlinked")
+    __slots__ = ("name", "size_bytes", "owner", "_shm", "ptr", "_closed", "_unlinked", "__weakref__")
 
     def __init__(self, shm: shared_memory.SharedMemory, owner: bool) -> None:
         self._shm = shm
@@ -69,6 +88,7 @@ class Segment:
         self.ptr = ffi.from_buffer("uint8_t[]", shm.buf)
         self._closed = False
         self._unlinked = False
+        _open_segments.add(self)
 
     # -- lifecycle -------------------------------------------------------
     @classmethod

@@ -39,7 +39,7 @@ def _push(ch: Channel, batch: RecordBatch, parent_pid: int) -> None:
             ch.send.push_batch(batch, timeout_s=PUSH_TIMEOUT_S)
             return
         except RingFullError as e:
-            batch = batch.take(np.arange(e.pushed, len(batch)))
+            batch = batch.slice(e.pushed, len(batch))
             if os.getppid() != parent_pid:
                 raise SystemExit(3) from None
 
@@ -72,7 +72,7 @@ def group_main(channel_name: str, parent_pid: int) -> None:
             start = 0
             for c in ctrl.tolist():
                 if c > start:
-                    pending.append(batch.take(np.arange(start, c)))
+                    pending.append(batch.slice(start, c))
                 start = c + 1
                 h = batch.headers[c]
                 kind, tick, flags = int(h["kind"]), int(h["tick"]), int(h["flags"])
@@ -93,17 +93,16 @@ def group_main(channel_name: str, parent_pid: int) -> None:
                     deliveries = RecordBatch.concat(pending)
                     pending.clear()
                     out = host.run_stage(tick, flags, deliveries)
-                    _push(ch, out, parent_pid)
-                    _push(ch, _one(K_DONE, tick=tick, flags=flags), parent_pid)
+                    # One push: every push may cost the supervisor a futex wake-up.
+                    _push(ch, RecordBatch.concat([out, _one(K_DONE, tick=tick, flags=flags)]), parent_pid)
                 elif kind == K_FINAL:
-                    _push(ch, host.final_state(), parent_pid)
-                    _push(ch, _one(K_DONE), parent_pid)
+                    _push(ch, RecordBatch.concat([host.final_state(), _one(K_DONE)]), parent_pid)
                 elif kind == K_SHUTDOWN:
                     return
                 else:
                     raise RuntimeError(f"group received unexpected record kind {kind}")
             if start < len(batch):
-                pending.append(batch.take(np.arange(start, len(batch))))
+                pending.append(batch.slice(start, len(batch)))
     except SystemExit:
         raise
     except BaseException:

@@ -63,3 +63,17 @@ def attach_and_exit(name: str) -> None:
     ch = Channel.attach(name)
     ch.send.push(1, b"bye", timeout_s=10)
     ch.close()
+
+
+def echo_bytes(name: str, n: int) -> None:
+    ch = Channel.attach(name)
+    try:
+        ch.set_call_header(10)
+        r = ch.recv.pop(timeout_s=30)
+        assert (r.kind, r.source, r.destination, r.tick, r.seq) == (9, 1, 2, 3, 4)
+        p = r.payload
+        for _ in range(n - 1):
+            p = ch.reply_recv_bytes(p[::-1], timeout_s=30)
+        ch.send.push(10, p[::-1], timeout_s=30)
+    finally:
+        ch.close()

@@ -137,3 +137,32 @@ def test_sigkill_of_creator_is_cleaned_by_the_tracker():
     while name in list_segments() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert name not in list_segments()
+
+
+def test_two_process_ping_pong_lean_bytes_api():
+    n = 2000
+    with Channel.create(capacity_bytes=1 << 16, max_record_bytes=1024) as ch:
+        p = CTX.Process(target=_procs.echo_bytes, args=(ch.name, n))
+        p.start()
+        ch.set_call_header(9, source=1, destination=2, tick=3, seq=4)
+        for i in range(n):
+            msg = f"ping {i}".encode()
+            assert ch.call_bytes(msg, timeout_s=30) == msg[::-1]
+        p.join(30)
+        assert p.exitcode == 0
+
+
+def test_segments_left_open_are_released_at_exit_without_noise():
+    """A script that forgets to close (and dies of an exception) leaves nothing and prints no BufferError."""
+    code = textwrap.dedent("""
+        from wasm_engine.shm_protocol import Channel
+        ch = Channel.create(capacity_bytes=4096, max_record_bytes=512)
+        peer = Channel.attach(ch.name)
+        print(ch.name, flush=True)
+        raise RuntimeError("boom")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    name = out.stdout.strip()
+    assert out.returncode == 1 and "RuntimeError: boom" in out.stderr
+    assert "BufferError" not in out.stderr and "leaked" not in out.stderr, out.stderr
+    assert name.startswith("we_") and name not in list_segments()

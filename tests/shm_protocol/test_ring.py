@@ -222,3 +222,24 @@ def test_channel_call_and_geometry_errors():
         Channel.create(capacity_bytes=5000)
     with pytest.raises(ValueError, match="max_record_bytes"):
         Channel.create(capacity_bytes=4096, max_record_bytes=4096)
+
+
+def test_call_bytes_header_and_errors():
+    with Channel.create(capacity_bytes=4096, max_record_bytes=512) as ch:
+        peer = Channel.attach(ch.name)
+        try:
+            ch.set_call_header(7, source=1, destination=2, tick=3, seq=4)
+            peer.send.push(8, b"reply", timeout_s=0)
+            assert ch.call_bytes(b"req", timeout_s=0) == b"reply"
+            got = peer.recv.pop(timeout_s=0)
+            assert tuple(got) == (7, b"req", 1, 2, 3, 4, 0)
+            assert ch.call_bytes(b"again", timeout_s=0.01) is None  # no reply: timeout
+            with pytest.raises(ValueError):
+                ch.set_call_header(0)
+            with pytest.raises(ValueError):
+                ch.call(0xFFFF, b"", timeout_s=0)
+        finally:
+            peer.close()
+        ch.close()
+        with pytest.raises(RingClosedError):
+            ch.call_bytes(b"", timeout_s=0)
