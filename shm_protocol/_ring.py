@@ -141,11 +141,10 @@ class Ring:
         n = len(batch)
         if n == 0:
             return
+        # Reserved kinds (0, 0xFFFF) are rejected by the native side, which
+        # validates the whole batch before writing any of it.
         headers = np.ascontiguousarray(batch.headers)
         payload = np.ascontiguousarray(batch.payload)
-        kinds = headers["kind"]
-        if (kinds < KIND_MIN).any() or (kinds > KIND_MAX).any():
-            raise ValueError(f"ring {self.name}: batch holds record kinds outside [{KIND_MIN}, {KIND_MAX}]")
         rc = lib.we_ring_push(
             self._base(), self.segment.size_bytes, self.offset,
             ffi.from_buffer("we_record_header[]", headers), n,
@@ -158,6 +157,9 @@ class Ring:
                     f"ring {self.name}: full for {timeout_s} s after {self._pushed_out[0]} of {n} records",
                     self._pushed_out[0],
                 )
+            if rc == lib.WE_ERR_RECORD:
+                raise ValueError(f"ring {self.name}: record {self._err_out[0]} of the batch has a reserved kind "
+                                 f"(allowed: {KIND_MIN}..{KIND_MAX}); nothing was pushed")
             raise_for_status(rc, self.name, self._err_out[0])
 
     # -- pop ------------------------------------------------------------------
@@ -189,11 +191,13 @@ class Ring:
                       h.destination, h.tick, h.seq, h.flags)
 
     def pop_batch(self, max_records: int | None = None, *,
-                  timeout_s: float | None = DEFAULT_TIMEOUT_S) -> RecordBatch:
+                  timeout_s: float | None = DEFAULT_TIMEOUT_S, copy: bool = True) -> RecordBatch:
         """Up to ``max_records`` records (waiting up to ``timeout_s`` for the first).
 
-        Returns an empty batch on timeout. The arrays are copies: the caller may
-        keep them.
+        Returns an empty batch on timeout. With ``copy=True`` the arrays are the
+        caller's to keep; with ``copy=False`` they are views of this ring's
+        receive buffers, valid only until the next pop on this ring — for
+        consumers that process a batch in place (no per-batch copy).
         """
         limit = self._max_batch if max_records is None else min(max_records, self._max_batch)
         if limit <= 0:
@@ -201,7 +205,8 @@ class Ring:
         n = self._pop(limit, timeout_s)
         if not n:
             return RecordBatch.empty()
-        return RecordBatch(self._hdr_out[:n].copy(), self._pay_out[: self._used_out[0]].copy())
+        h, p = self._hdr_out[:n], self._pay_out[: self._used_out[0]]
+        return RecordBatch._trusted(h.copy(), p.copy()) if copy else RecordBatch._trusted(h, p)
 
     def stats(self) -> dict:
         used = ffi.new("uint64_t *")
