@@ -21,6 +21,11 @@ lengths run in separate batches.  As for tensor models (see `_tensor`),
 batching is trusted only after VERIFY_MEMBERS requests gave bit-identical
 logits at every step batched and alone; one mismatch turns it off for the
 model.  See docs/INFERENCE.md.
+
+Per step, the next tokens of all rows are chosen together (`TokenPicker`:
+one argmax for the greedy rows, shared array work for the sampled ones, each
+with its own seeded generator) and the stop / length / context checks are
+array operations; the tokens are exactly those of `Sampler` row by row.
 """
 
 from __future__ import annotations
@@ -59,6 +64,10 @@ _PRESENT = re.compile(r"^present\.(\d+)\.(key|value)$")
 _INT_TYPES = {"int64": np.int64, "int32": np.int32}
 _FLOAT_TYPES = {"float32": np.float32, "float16": np.float16, "float64": np.float64}
 _CONTEXT_METADATA_KEYS = ("max_position_embeddings", "n_positions", "max_context")
+
+# Prompts whose token ids are remembered: up to this many characters, this many prompts.
+_PROMPT_CACHE_CHARS = 512
+_PROMPT_CACHE_ENTRIES = 512
 
 # Requests that must generate identically batched and alone (same logits bits
 # at every step) before batches run without that check.
@@ -133,6 +142,92 @@ class Sampler:
         # tokens have empty buckets and can never be chosen.
         i = min(int(np.searchsorted(cdf, target, side="right")), len(cdf) - 1)
         return int(candidates[i]) if candidates is not None else i
+
+
+class TokenPicker:
+    """Chooses the next token for many rows at once, exactly as `Sampler` would row by row.
+
+    One per generation batch; `params[k]` are job k's sampling parameters
+    (temperature, top_k, top_p, seed) and job k keeps its own Philox stream,
+    drawing one number per sampled token as `Sampler` does, so its tokens do
+    not depend on the other rows.  Greedy rows take one argmax over all of
+    them; sampled rows share the sort, exp and cumulative sums (computed per
+    row with the same float64 operations as `Sampler`, so the same bits) and
+    each draws its own uniform number.  Logits with a NaN, +inf or an all
+    -inf row go through `Sampler` row by row, which raises ModelOutputError
+    as before.
+    """
+
+    def __init__(self, params: list[tuple[float, int, float, int]]) -> None:
+        self.samplers = [Sampler(*p) for p in params]
+        self.greedy = np.array([s.greedy for s in self.samplers], dtype=bool)
+        self.all_greedy = bool(self.greedy.all())
+        self.temperature = np.array([s.temperature for s in self.samplers], dtype=np.float64)
+        self.top_k = np.array([s.top_k for s in self.samplers], dtype=np.int64)
+        self.top_p = np.array([s.top_p for s in self.samplers], dtype=np.float64)
+
+    def __call__(self, logits: np.ndarray, jobs: np.ndarray) -> np.ndarray:
+        """logits [n, vocab]; jobs[r]: the job whose logits row r is.  Returns int64 token ids [n]."""
+        if not np.isfinite(logits.max(axis=1)).all():
+            # A NaN or +inf somewhere, or a row of only -inf (max propagates
+            # NaN): let Sampler find the row and raise its error.
+            return np.array([self.samplers[k](logits[r]) for r, k in enumerate(jobs.tolist())], dtype=np.int64)
+        if self.all_greedy:
+            # float -> float64 is exact, so the argmax (first maximum) is Sampler's.
+            return logits.argmax(axis=1).astype(np.int64, copy=False)
+        greedy = self.greedy[jobs]
+        out = np.empty(len(jobs), dtype=np.int64)
+        if greedy.any():
+            rows = np.flatnonzero(greedy)
+            out[rows] = logits[rows].argmax(axis=1)
+        sampled = ~greedy
+        if sampled.any():
+            rows = np.flatnonzero(sampled)
+            out[rows] = self._sample(logits[rows], jobs[rows])
+        return out
+
+    def _sample(self, logits: np.ndarray, jobs: np.ndarray) -> np.ndarray:
+        """Sampler.__call__ for sampled rows (finite row maxima), vectorised over rows."""
+        z = logits.astype(np.float64) / self.temperature[jobs][:, None]
+        if not np.isfinite(z.max(axis=1)).all():
+            # Float64 logits can overflow when divided by the temperature;
+            # Sampler raises for such a row.
+            return np.array([self.samplers[k](logits[r]) for r, k in enumerate(jobs.tolist())], dtype=np.int64)
+        vocab = z.shape[1]
+        top_k, top_p = self.top_k[jobs], self.top_p[jobs]
+        out = np.empty(len(jobs), dtype=np.int64)
+        sort = (top_k > 0) | (top_p < 1.0)
+        for part in (np.flatnonzero(~sort), np.flatnonzero(sort)):
+            if not part.size:
+                continue
+            zp = z[part]
+            order = None
+            if sort[part[0]]:
+                # Stable sort of -z: descending logits, equal logits by ascending id.
+                order = np.argsort(-zp, axis=1, kind="stable")
+                zp = np.take_along_axis(zp, order, axis=1)
+            k = top_k[part]
+            n_keep = np.where(k > 0, np.minimum(k, vocab), vocab)  # candidates after top-k
+            # The maximum of a descending row's top-k prefix is the row's maximum.
+            zmax = zp.max(axis=1)
+            cdf = np.cumsum(np.exp(zp - zmax[:, None]), axis=1)  # per row, strictly left to right
+            cols = np.arange(vocab)
+            rows = np.arange(part.size)
+            p = top_p[part]
+            nucleus = p < 1.0
+            if nucleus.any():
+                # searchsorted(cdf[:n_keep], top_p * total, "left") + 1 = count(cdf < threshold) + 1
+                threshold = p * cdf[rows, n_keep - 1]
+                keep = ((cdf < threshold[:, None]) & (cols < n_keep[:, None])).sum(axis=1) + 1
+                n_keep = np.where(nucleus, np.minimum(keep, n_keep), n_keep)
+            # One raw Philox output per sampled token, from the job's own generator.
+            u = np.array([self.samplers[j].uniform() for j in jobs[part].tolist()], dtype=np.float64)
+            target = u * cdf[rows, n_keep - 1]
+            # searchsorted(cdf, target, "right") = count(cdf <= target) (cdf is non-decreasing).
+            i = ((cdf <= target[:, None]) & (cols < n_keep[:, None])).sum(axis=1)
+            i = np.minimum(i, n_keep - 1)
+            out[part] = order[rows, i] if order is not None else i
+        return out
 
 
 # ----------------------------------------------------------------------------
@@ -290,6 +385,8 @@ class CausalLM:
         self.defaults = (g.max_new_tokens, f32(g.temperature), int(g.top_k), f32(g.top_p), int(g.seed),
                          tuple(int(t) for t in g.stop_token_ids))
         self.output_names = [self.layout.logits_name] + [p.output_name for p in self.layout.past]
+        self._ones = aligned_empty((0,), self.layout.mask_dtype)  # see forward()
+        self._prompt_ids: dict[str, list[int]] = {}  # prompt -> token ids, see _make_job
 
     # -- model calls ---------------------------------------------------------
 
@@ -313,15 +410,21 @@ class CausalLM:
             past, past_len = self.empty_past(batch), 0
         lay = self.layout
         # Aligned buffers: see _payloads.ALIGNMENT (ORT reads them in place).
-        mask = aligned_empty((batch, past_len + seq), lay.mask_dtype)
-        mask[...] = 1
+        # The mask is all ones: a prefix of one reused buffer of ones (ORT
+        # does not write to its inputs).
+        size = batch * (past_len + seq)
+        if self._ones.size < size:
+            self._ones = aligned_empty((max(size, 2 * self._ones.size),), lay.mask_dtype)
+            self._ones[...] = 1
+        mask = self._ones[:size].reshape(batch, past_len + seq)
         feeds: dict[str, np.ndarray] = {
             "input_ids": aligned_copy(input_ids, lay.input_ids_dtype),
             lay.mask_name: mask,
         }
         if lay.position_dtype is not None:
-            pos = np.arange(past_len, past_len + seq, dtype=lay.position_dtype)
-            feeds["position_ids"] = aligned_copy(np.broadcast_to(pos, (batch, seq)))
+            pos = aligned_empty((batch, seq), lay.position_dtype)
+            pos[...] = np.arange(past_len, past_len + seq, dtype=lay.position_dtype)
+            feeds["position_ids"] = pos
         if lay.cache_branch:
             feeds["use_cache_branch"] = np.array([past_len > 0], dtype=np.bool_)
         for slot, arr in zip(lay.past, past):
@@ -340,7 +443,14 @@ class CausalLM:
         else:
             max_new, temp, top_k, top_p, seed, stops = (req.max_new_tokens, req.temperature, req.top_k, req.top_p,
                                                         req.seed, tuple(req.stop_token_ids))
-        ids = self.tokenizer.encode(req.prompt).ids
+        ids = self._prompt_ids.get(req.prompt)
+        if ids is None:
+            ids = self.tokenizer.encode(req.prompt).ids
+            if len(req.prompt) <= _PROMPT_CACHE_CHARS:
+                # Tokenising is a pure function of the prompt; agents repeat prompts.
+                if len(self._prompt_ids) >= _PROMPT_CACHE_ENTRIES:
+                    self._prompt_ids.clear()
+                self._prompt_ids[req.prompt] = ids
         if not ids:
             raise PayloadError(Status.BAD_INPUT, "prompt encodes to zero tokens")
         if self.max_context is not None and len(ids) > self.max_context:
@@ -447,32 +557,73 @@ class CausalLM:
         arithmetic of the remaining rows.  With `traces` (one hash per job) the
         logits each job sampled from are hashed, to compare batched and
         unbatched runs.
+
+        Rows advance in lockstep, so the per-step bookkeeping (token choice,
+        stop tokens, token and context limits) is done with arrays over the
+        active rows; each job's `generated` list and `finish` are filled in
+        when it finishes.
         """
-        samplers = [Sampler(*job.sampling) for job in jobs]
         active = [k for k, job in enumerate(jobs) if not self._finished(job)]
         if not active:
             return
+        picker = TokenPicker([job.sampling for job in jobs])
         tokens = np.array([jobs[k].prompt_ids for k in active], dtype=np.int64)
+        # Per row of this step's batch (rows are dropped as their jobs finish):
+        act = np.array(active, dtype=np.intp)  # the row's job
+        limit = []  # steps after which the job must stop: max_new_tokens reached or context full
+        for k in active:
+            job = jobs[k]
+            steps = job.max_new_tokens - len(job.generated)
+            if self.max_context is not None:
+                steps = min(steps, self.max_context - len(job.prompt_ids) - len(job.generated) + 1)
+            limit.append(steps)
+        limits = np.array(limit, dtype=np.int64)
+        next_limit = int(limits.min())
+        stops = None  # stop token ids, padded with -1 (matches no token)
+        n_stops = max(len(jobs[k].stops) for k in active)
+        if n_stops:
+            stops = np.full((len(active), n_stops), -1, dtype=np.int64)
+            for row, k in enumerate(active):
+                stops[row, :len(jobs[k].stops)] = sorted(jobs[k].stops)
+        new = np.empty((len(active), min(64, int(limits.max()))), dtype=np.int64)  # tokens of this call, grown
         past: list[np.ndarray] | None = None
         past_len = 0
-        while active:
+        step = 0  # tokens generated by every active row in this call
+        while True:
             logits, present = self.forward(tokens, past, past_len)
             past_len += tokens.shape[1]
             last = logits[:, -1, :]
-            keep: list[int] = []  # rows (within this step's batch) that continue
-            for row, k in enumerate(active):
-                if traces is not None:
+            if traces is not None:
+                for row, k in enumerate(act.tolist()):
                     traces[k].update(np.ascontiguousarray(last[row]).tobytes())
-                jobs[k].generated.append(samplers[k](last[row]))
-                if not self._finished(jobs[k]):
-                    keep.append(row)
-            if len(keep) < len(active):
-                idx = np.array(keep, dtype=np.intp)
-                present = [np.take(p, idx, axis=0, out=aligned_empty((len(keep),) + p.shape[1:], p.dtype))
+            chosen = picker(last, act)
+            if step == new.shape[1]:
+                new = np.concatenate([new, np.empty_like(new)], axis=1)
+            new[:, step] = chosen
+            step += 1
+            # _finished(), vectorised: a stop token, else max_new_tokens, else the context limit.
+            hit_stop = (stops == chosen[:, None]).any(axis=1) if stops is not None else None
+            if step >= next_limit or (hit_stop is not None and hit_stop.any()):
+                done = limits <= step
+                if hit_stop is not None:
+                    done |= hit_stop
+                for row in np.flatnonzero(done).tolist():
+                    job = jobs[int(act[row])]
+                    job.generated.extend(new[row, :step].tolist())
+                    job.finish = (FinishReason.STOP_TOKEN if hit_stop is not None and hit_stop[row] else
+                                  FinishReason.MAX_NEW_TOKENS if len(job.generated) >= job.max_new_tokens else
+                                  FinishReason.CONTEXT_FULL)
+                keep = np.flatnonzero(~done)
+                if not keep.size:
+                    return
+                present = [np.take(p, keep, axis=0, out=aligned_empty((keep.size,) + p.shape[1:], p.dtype))
                            for p in present]
-            active = [active[r] for r in keep]
+                act, chosen, limits, new = act[keep], chosen[keep], limits[keep], new[keep]
+                if stops is not None:
+                    stops = stops[keep]
+                next_limit = int(limits.min())
             past = present
-            tokens = np.array([[jobs[k].generated[-1]] for k in active], dtype=np.int64).reshape(len(active), 1)
+            tokens = chosen.reshape(len(act), 1)
 
     def _finished(self, job: _Job) -> bool:
         """Set job.finish if the job cannot or need not generate another token."""

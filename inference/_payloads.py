@@ -191,10 +191,20 @@ def encode_tensors(arrays: list[np.ndarray] | tuple[np.ndarray, ...]) -> bytes:
     return b"".join(parts)
 
 
-def decode_tensors(payload: bytes | bytearray | memoryview) -> list[np.ndarray]:
-    """Decode a format-0x01 payload; raises `PayloadError(MALFORMED)` if invalid.
+_NO_BYTES = np.empty(0, dtype=np.uint8)
 
-    Returned arrays are fresh, writeable, native-endian, 64-byte aligned copies.
+# One tensor of a format-0x01 payload: (dtype code, dims, data offset, data bytes).
+TensorRecord = tuple[int, tuple[int, ...], int, int]
+
+
+def tensor_records(payload: bytes | bytearray | memoryview) -> list[TensorRecord]:
+    """Parse the structure of a format-0x01 payload without touching its data.
+
+    Makes exactly the checks of `decode_tensors` (same order, same messages)
+    and raises `PayloadError(MALFORMED)` where it would.  Like it, it raises
+    numpy's ValueError for an empty tensor whose other dimensions multiply
+    beyond what numpy can address (e.g. [0, 2**32 - 1, 2**32 - 1]): that
+    shape cannot be allocated even with no elements.
     """
     buf = memoryview(payload).cast("B")
     n = len(buf)
@@ -208,7 +218,7 @@ def decode_tensors(payload: bytes | bytearray | memoryview) -> list[np.ndarray]:
     if not 1 <= count <= MAX_TENSORS:
         raise PayloadError(Status.MALFORMED, f"tensor count {count} not in 1..{MAX_TENSORS}")
     off = _TENSORS_HEADER.size
-    out: list[np.ndarray] = []
+    out: list[TensorRecord] = []
     for i in range(count):
         if off + _TENSOR_RECORD.size > n:
             raise PayloadError(Status.MALFORMED, f"tensor {i}: truncated record header")
@@ -229,16 +239,131 @@ def decode_tensors(payload: bytes | bytearray | memoryview) -> list[np.ndarray]:
         if nbytes > n - off:
             raise PayloadError(Status.MALFORMED,
                                f"tensor {i}: shape {list(dims)} needs {nbytes} data bytes, {n - off} left")
+        if not nbytes:
+            # The reshape that allocating the empty array makes (see aligned_empty).
+            _NO_BYTES.view(dt.newbyteorder("=")).reshape(dims)
+        out.append((code, dims, off, nbytes))
+        off += nbytes
+    if off != n:
+        raise PayloadError(Status.MALFORMED, f"{n - off} trailing bytes after the last tensor")
+    return out
+
+
+def header_ranges(records: list[TensorRecord]) -> list[tuple[int, int]]:
+    """The byte ranges of a tensor payload that are not element data (headers, dims)."""
+    ranges, pos = [], 0
+    for _, _, off, nbytes in records:
+        ranges.append((pos, off))
+        pos = off + nbytes
+    return ranges
+
+
+def decode_tensors(payload: bytes | bytearray | memoryview) -> list[np.ndarray]:
+    """Decode a format-0x01 payload; raises `PayloadError(MALFORMED)` if invalid.
+
+    Returned arrays are fresh, writeable, native-endian, 64-byte aligned copies.
+    """
+    buf = memoryview(payload).cast("B")
+    out: list[np.ndarray] = []
+    for code, dims, off, nbytes in tensor_records(buf):
+        dt = DTYPE_CODES[code]
         arr = aligned_empty(dims, dt.newbyteorder("="))
         if nbytes:  # frombuffer rejects offset == len(buf), which an empty tensor may have
             raw = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=off)
             # Any non-zero byte is True: normalising keeps bool tensors canonical.
             arr[...] = (raw != 0).reshape(dims) if code == 9 else raw.view(dt).reshape(dims)
-        off += nbytes
         out.append(arr)
-    if off != n:
-        raise PayloadError(Status.MALFORMED, f"{n - off} trailing bytes after the last tensor")
     return out
+
+
+def decode_tensor_rows(buf: bytes | bytearray | memoryview, n: int, size: int, records: list[TensorRecord],
+                       select: np.ndarray | None = None) -> list[np.ndarray]:
+    """Decode many payloads that share one header layout, at once.
+
+    buf holds n payloads of `size` bytes back to back, all with the header
+    bytes that `records` (parsed from one of them) describe; select: which of
+    them (None: all).  Returns one array per tensor, [m, *dims] for the m
+    selected payloads, 64-byte aligned; element j along axis 0 equals what
+    `decode_tensors` gives for payload j.
+    """
+    m = n if select is None else len(select)
+    mat = None
+    out: list[np.ndarray] = []
+    for code, dims, off, nbytes in records:
+        dt = DTYPE_CODES[code]
+        arr = aligned_empty((m,) + tuple(dims), dt.newbyteorder("="))
+        if nbytes and m:
+            src = np.uint8 if code == 9 else dt
+            if select is None:
+                # A strided view of the element data of every payload.
+                raw = np.ndarray((m, nbytes // dt.itemsize), dtype=src, buffer=buf, offset=off,
+                                 strides=(size, dt.itemsize))
+            else:
+                if mat is None:
+                    mat = np.frombuffer(buf, dtype=np.uint8).reshape(n, size)
+                raw = mat[select, off:off + nbytes].view(src)
+            # Any non-zero byte is True: normalising keeps bool tensors canonical.
+            arr.reshape(m, -1)[...] = (raw != 0) if code == 9 else raw
+        out.append(arr)
+    return out
+
+
+# encode_tensor_rows: (dtype, per-row shape) of each array -> (header bytes per
+# array, little-endian dtype per array); None for arrays encode_tensors rejects.
+_ROW_HEADERS: dict[tuple, tuple[list[bytes], list[np.dtype]] | None] = {}
+_ROW_HEADERS_MAX = 256
+
+
+def _row_headers(arrays) -> tuple[list[bytes], list[np.dtype]] | None:
+    sig = tuple((a.dtype, a.shape[1:]) for a in arrays)
+    try:
+        return _ROW_HEADERS[sig]
+    except KeyError:
+        pass
+    heads: list[bytes] = []
+    les: list[np.dtype] = []
+    result: tuple[list[bytes], list[np.dtype]] | None = (heads, les)
+    if not 1 <= len(arrays) <= MAX_TENSORS:
+        result = None
+    else:
+        for a in arrays:
+            code = _CODE_BY_KIND.get((a.dtype.kind, a.dtype.itemsize))
+            shape = a.shape[1:]
+            if code is None or len(shape) > MAX_RANK or any(d > 0xFFFFFFFF for d in shape):
+                result = None
+                break
+            head = _TENSORS_HEADER.pack(FORMAT_TENSORS, len(arrays), 0) if not heads else b""
+            heads.append(head + _TENSOR_RECORD.pack(code, len(shape), 0) + struct.pack(f"<{len(shape)}I", *shape))
+            les.append(DTYPE_CODES[code])
+    if len(_ROW_HEADERS) >= _ROW_HEADERS_MAX:
+        _ROW_HEADERS.clear()
+    _ROW_HEADERS[sig] = result
+    return result
+
+
+def encode_tensor_rows(arrays: list[np.ndarray] | tuple[np.ndarray, ...]) -> list[bytes]:
+    """`encode_tensors([a[j] for a in arrays])` for every j, computed at once.
+
+    Every array has the same length n along axis 0 (at least one dimension);
+    result j encodes the tensors a[j].  The n payloads share their headers, so
+    those are built once, and each array's element data is converted once.
+    Anything `encode_tensors` would reject goes through it, so errors are the
+    same too.
+    """
+    n = arrays[0].shape[0]
+    layout = _row_headers(arrays) if n else None
+    if layout is None:
+        return [encode_tensors([a[j] for a in arrays]) for j in range(n)]
+    heads, les = layout
+    # Little-endian C order, as encode_tensors writes it.
+    datas = [np.ascontiguousarray(a, dtype=le).tobytes() for a, le in zip(arrays, les)]
+    if len(arrays) == 1:
+        head, data = heads[0], datas[0]
+        nb = len(data) // n
+        return [head + data[j * nb:(j + 1) * nb] for j in range(n)]
+    sizes = [len(d) // n for d in datas]
+    return [b"".join([x for h, d, nb in zip(heads, datas, sizes) for x in (h, d[j * nb:(j + 1) * nb])])
+            for j in range(n)]
 
 
 # --------------------------------------------------------------------------

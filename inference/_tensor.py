@@ -14,19 +14,43 @@ a time (the one-at-a-time results are returned) until VERIFY_MEMBERS
 requests have matched bit for bit; a single mismatch turns batching off for
 that key for good.  Every buffer given to ORT is 64-byte aligned, so a
 request's result does not depend on where the allocator put its data.
+
+Decoding and encoding are done per group of requests, not per request:
+requests of one call whose payloads have byte-identical headers (same
+tensor count, dtypes and shapes; only element data differs) are validated
+once and their element data is copied out of the stacked payload bytes by
+numpy; results of a batch are encoded with one header for all.  The bytes
+are exactly those of `decode_tensors` / `encode_tensors` one request at a
+time.
 """
 
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
 from ._errors import ModelLoadError
 from ._models import ModelSpec, OpenedModel, TensorInfo, ort_message
-from ._payloads import PayloadError, Status, aligned_empty, decode_tensors, encode_tensors, error_payload
+from ._payloads import (
+    ALIGNMENT,
+    DTYPE_CODES,
+    PayloadError,
+    Status,
+    TensorRecord,
+    aligned_copy,
+    aligned_empty,
+    decode_tensor_rows,
+    encode_tensor_rows,
+    encode_tensors,
+    error_payload,
+    header_ranges,
+    tensor_records,
+)
 
 LOGGER = logging.getLogger("wasm_engine.inference")
 
@@ -36,16 +60,60 @@ Outcome = tuple[int, bytes]  # (status, payload) of one request
 # before that key is batched without checking.
 VERIFY_MEMBERS = 8
 
+# Distinct header layouts per payload length that are matched against all
+# requests of that length at once; requests left after that are decoded one
+# by one (bounds the work a mix of many different headers can cause).
+MAX_TEMPLATES = 16
+
+# Empty tensors whose non-zero dimensions multiply beyond this are decoded one
+# request at a time (see _Layout.stackable).
+_STACKABLE_EMPTY = 1 << 32
+
+# Remembered header layouts (see TensorModel._layout): per payload length,
+# and payload lengths in all.
+_LAYOUTS_PER_LENGTH = 8
+_LAYOUT_LENGTHS = 256
+
 
 def _fmt_shape(shape: tuple) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 @dataclass
-class _Parsed:
-    arrays: list[np.ndarray]
-    rows: int  # size of the batch dimension (only meaningful when batching)
+class _Layout:
+    """A valid tensor payload structure: where its headers are and what they say."""
+
+    records: list[TensorRecord]
+    ranges: list[tuple[int, int]]  # header byte ranges (everything but element data)
+    headers: list[bytes]  # the bytes in those ranges
+    check: tuple[int, tuple] | Outcome  # (rows, key) if the tensors fit the model, else the error outcome
+    ok: bool
+    # Requests with this layout may be stacked into one array per input.  Not
+    # for empty tensors with huge other dimensions: numpy could not allocate
+    # n of them where it can allocate one.
+    stackable: bool
+
+
+@dataclass
+class _Block:
+    """Requests of one execute call with byte-identical tensor headers, decoded together.
+
+    They have the same dtypes and shapes, so one validation covers them all,
+    and their element data is one array per input.
+    """
+
+    indices: list[int]  # positions in the payload list, ascending
+    arrays: list[np.ndarray]  # per input: [n, *shape], member j's tensor is arrays[k][j]; 64-byte aligned
+    rows: int  # size of each member's batch dimension (only meaningful when batching)
     key: tuple  # non-batch dims of every input: requests with equal keys batch together
+
+    def member(self, j: int) -> list[np.ndarray]:
+        """Member j's tensors, each 64-byte aligned (copied if its slice is not)."""
+        out = []
+        for a in self.arrays:
+            v = a[j, ...]
+            out.append(v if v.ctypes.data % ALIGNMENT == 0 else aligned_copy(v))
+        return out
 
 
 class TensorModel:
@@ -67,6 +135,7 @@ class TensorModel:
         self.batching = self.batch_symbol is not None  # eligible for batching at all
         # shape key -> requests verified so far (>= 0), or -1: batching changes results.
         self.batch_verified: dict[tuple, int] = {}
+        self._layouts: dict[int, list[_Layout]] = {}  # payload length -> layouts seen
 
     def _find_batch_symbol(self) -> str | None:
         """The symbolic dim-0 name shared by all inputs and outputs, if any."""
@@ -77,37 +146,144 @@ class TensorModel:
             names.add(t.shape[0])
         return names.pop() if len(names) == 1 else None
 
-    # ------------------------------------------------------------------
+    # -- decoding ------------------------------------------------------------
 
-    def _parse(self, payload: memoryview) -> _Parsed:
-        arrays = decode_tensors(payload)
-        if len(arrays) != len(self.inputs):
+    def _check(self, records: list[TensorRecord]) -> tuple[int, tuple]:
+        """Validate a request's tensors (dtype codes and shapes) against the inputs.
+
+        Returns (rows, key); raises PayloadError(BAD_INPUT).  Depends only on
+        the payload's header bytes (and on self.batching for rows).
+        """
+        if len(records) != len(self.inputs):
             expected = ", ".join(t.describe() for t in self.inputs)
             raise PayloadError(Status.BAD_INPUT,
                                f"model {self.spec.id!r} takes {len(self.inputs)} tensor(s) ({expected}), "
-                               f"got {len(arrays)}")
+                               f"got {len(records)}")
         symbols: dict[str, int] = {}
-        for info, a in zip(self.inputs, arrays):
-            if a.dtype.name != info.dtype:
+        for info, (code, shape, _, _) in zip(self.inputs, records):
+            name = DTYPE_CODES[code].name
+            if name != info.dtype:
                 raise PayloadError(Status.BAD_INPUT,
-                                   f"input {info.name!r}: expected {info.dtype}, got {a.dtype.name}")
+                                   f"input {info.name!r}: expected {info.dtype}, got {name}")
             if info.shape is None:
                 continue
-            if a.ndim != len(info.shape):
+            if len(shape) != len(info.shape):
                 raise PayloadError(Status.BAD_INPUT, f"input {info.name!r}: expected shape {_fmt_shape(info.shape)}, "
-                                                     f"got {list(a.shape)}")
-            for want, got in zip(info.shape, a.shape):
+                                                     f"got {list(shape)}")
+            for want, got in zip(info.shape, shape):
                 if isinstance(want, int) and want >= 0 and want != got:
                     raise PayloadError(Status.BAD_INPUT, f"input {info.name!r}: expected shape "
-                                                         f"{_fmt_shape(info.shape)}, got {list(a.shape)}")
+                                                         f"{_fmt_shape(info.shape)}, got {list(shape)}")
                 if isinstance(want, str):
                     # The same symbolic name must mean the same size everywhere.
                     if symbols.setdefault(want, got) != got:
                         raise PayloadError(Status.BAD_INPUT, f"dimension {want!r} is {symbols[want]} in one input "
                                                              f"and {got} in {info.name!r}")
-        rows = arrays[0].shape[0] if self.batching else 0
-        key = tuple(a.shape[1:] for a in arrays)
-        return _Parsed(arrays, rows, key)
+        rows = records[0][1][0] if self.batching else 0
+        key = tuple(tuple(r[1][1:]) for r in records)
+        return rows, key
+
+    def _layout(self, payload) -> _Layout:
+        """Structure and validation of one payload; raises PayloadError(MALFORMED).
+
+        Valid structures are remembered by their header bytes, so a request
+        that looks like an earlier one (the usual case) is neither parsed
+        nor validated again.  Validation depends only on the header bytes.
+        """
+        size = len(payload)
+        known = self._layouts.get(size)
+        if known:
+            for lay in known:
+                for (lo, hi), head in zip(lay.ranges, lay.headers):
+                    if payload[lo:hi] != head:
+                        break
+                else:
+                    return lay
+        records = tensor_records(payload)
+        ranges = header_ranges(records)
+        try:
+            check: tuple[int, tuple] | Outcome = self._check(records)
+            ok = True
+        except PayloadError as e:
+            check, ok = (e.status, error_payload(str(e))), False
+        stackable = all(nbytes or math.prod(d for d in dims if d) <= _STACKABLE_EMPTY
+                        for _, dims, _, nbytes in records)
+        lay = _Layout(records, ranges, [bytes(payload[lo:hi]) for lo, hi in ranges], check, ok, stackable)
+        if known is None:
+            if len(self._layouts) >= _LAYOUT_LENGTHS:
+                self._layouts.clear()
+            known = self._layouts[size] = []
+        if len(known) >= _LAYOUTS_PER_LENGTH:
+            del known[0]
+        known.append(lay)
+        return lay
+
+    def _decode_same_length(self, payloads: list, idx: list[int], outcomes: list) -> list[_Block]:
+        """Decode the requests payloads[i] for i in idx, which all have the same length.
+
+        Requests whose header bytes equal a template's (the first request not
+        yet matched) share its validation and are decoded by one numpy copy.
+        Errors go to outcomes; returns the decoded blocks.
+        """
+        n = len(idx)
+        group = [payloads[i] for i in idx]
+        size = len(group[0])
+        try:
+            lay: _Layout | None = self._layout(group[0])
+        except PayloadError:
+            lay = None  # the general path below reports it
+        if lay is not None and lay.stackable and (n == 1 or self._all_match(group, lay)):
+            # The usual case: every request has the first one's headers.
+            if not lay.ok:
+                for i in idx:
+                    outcomes[i] = lay.check
+                return []
+            rows, key = lay.check
+            buf = group[0] if n == 1 else b"".join(group)
+            return [_Block(idx, decode_tensor_rows(buf, n, size, lay.records), rows, key)]
+
+        joined = b"".join(group)
+        mat = np.frombuffer(joined, np.uint8).reshape(n, size) if size else np.zeros((n, 0), np.uint8)
+        blocks: list[_Block] = []
+        remaining = np.arange(n)  # rows not matched yet
+        templates = 0
+        while remaining.size:
+            t = int(remaining[0])
+            try:
+                lay = self._layout(group[t])
+            except PayloadError as e:
+                outcomes[idx[t]] = (e.status, error_payload(str(e)))
+                remaining = remaining[1:]
+                continue
+            if remaining.size > 1 and templates < MAX_TEMPLATES and lay.stackable:
+                templates += 1
+                same = np.ones(remaining.size, dtype=bool)
+                for lo, hi in lay.ranges:
+                    if hi > lo:
+                        same &= (mat[remaining, lo:hi] == mat[t, lo:hi]).all(axis=1)
+                members, remaining = remaining[same], remaining[~same]
+            else:
+                members, remaining = remaining[:1], remaining[1:]
+            member_indices = [idx[j] for j in members.tolist()]
+            if not lay.ok:
+                for i in member_indices:
+                    outcomes[i] = lay.check
+                continue
+            rows, key = lay.check
+            blocks.append(_Block(member_indices, decode_tensor_rows(joined, n, size, lay.records, members), rows, key))
+        return blocks
+
+    @staticmethod
+    def _all_match(group: list, lay: _Layout) -> bool:
+        """Whether every payload in group (all of lay's length) has lay's header bytes."""
+        try:
+            # bytes payloads (the usual case): compared in place, no copies.
+            return all(all(map(bytes.startswith, group, repeat(head), repeat(lo)))
+                       for (lo, _), head in zip(lay.ranges, lay.headers) if head)
+        except TypeError:  # some payload is a memoryview
+            return all(bytes(p[lo:hi]) == head for p in group for (lo, hi), head in zip(lay.ranges, lay.headers))
+
+    # -- running -------------------------------------------------------------
 
     def _run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         feeds = {t.name: a for t, a in zip(self.inputs, arrays)}
@@ -120,67 +296,106 @@ class TensorModel:
                 f"result is {len(payload)} bytes, limit {max_result_bytes}")
         return Status.OK, payload
 
-    def _run_one(self, parsed: _Parsed, max_result_bytes: int) -> Outcome:
+    def _run_one(self, arrays: list[np.ndarray], max_result_bytes: int) -> Outcome:
         try:
-            outputs = self._run(parsed.arrays)
+            outputs = self._run(arrays)
         except Exception as e:  # ORT rejected this request's tensors
             return Status.MODEL_ERROR, error_payload(f"model {self.spec.id!r}: {ort_message(e)}")
         return self._encode(outputs, max_result_bytes)
 
-    def execute(self, payloads: list[memoryview], max_result_bytes: int) -> list[Outcome]:
-        """Run a group of requests for this model; one outcome per payload, in order."""
+    def execute(self, payloads: list, max_result_bytes: int) -> list[Outcome]:
+        """Run a group of requests for this model; one outcome per payload, in order.
+
+        payloads: bytes-like objects of format 0x01 (bytes or 1-D byte memoryviews).
+        """
         outcomes: list[Outcome | None] = [None] * len(payloads)
-        groups: dict[tuple, list[tuple[int, _Parsed]]] = {}
-        for i, p in enumerate(payloads):
-            try:
-                parsed = self._parse(p)
-            except PayloadError as e:
-                outcomes[i] = (e.status, error_payload(str(e)))
-                continue
-            # Without batching every request is its own group (key = its index).
-            key = parsed.key if self.batching else (i,)
-            groups.setdefault(key, []).append((i, parsed))
-
-        # dicts keep insertion order: groups run in order of first appearance.
-        for key, members in groups.items():
-            for (i, _), outcome in zip(members, self._run_group(key, [p for _, p in members], max_result_bytes)):
-                outcomes[i] = outcome
-        return [o if o is not None else (Status.INTERNAL, b"no outcome") for o in outcomes]
-
-    def _run_group(self, key: tuple, members: list[_Parsed], max_result_bytes: int) -> list[Outcome]:
-        def alone() -> list[Outcome]:
-            return [self._run_one(m, max_result_bytes) for m in members]
-
-        if len(members) < 2 or not self.batching:
-            return alone()
-        state = self.batch_verified.get(key, 0)
-        if state < 0:
-            return alone()
-        if state >= VERIFY_MEMBERS:
-            return self._run_batched(members, max_result_bytes) or alone()
-        # Not yet trusted: run both ways, return the one-at-a-time results.
-        results = alone()
-        if any(status != Status.OK for status, _ in results):
-            return results  # errors prove nothing about batching
-        batched = self._run_batched(members, max_result_bytes)
-        if batched is None:
-            return results
-        if batched == results:
-            self.batch_verified[key] = state + len(members)
+        if not payloads:
+            return []
+        lengths = list(map(len, payloads))
+        if min(lengths) == max(lengths):
+            blocks = self._decode_same_length(payloads, list(range(len(payloads))), outcomes)
         else:
-            self.batch_verified[key] = -1
-            LOGGER.info("model %r: batched results differ from unbatched ones for non-batch dims %s; "
-                        "those requests will run one at a time", self.spec.id, key)
-        return results
+            by_length: dict[int, list[int]] = {}
+            for i, size in enumerate(lengths):
+                by_length.setdefault(size, []).append(i)
+            blocks = []
+            for idx in by_length.values():
+                blocks += self._decode_same_length(payloads, idx, outcomes)
 
-    def _run_batched(self, members: list[_Parsed], max_result_bytes: int) -> list[Outcome] | None:
-        """One session.run for all members; None means "run them one by one"."""
-        total = sum(m.rows for m in members)
-        arrays = []
-        for k in range(len(self.inputs)):
-            parts = [m.arrays[k] for m in members]
-            out = aligned_empty((total,) + parts[0].shape[1:], parts[0].dtype)
-            arrays.append(np.concatenate(parts, axis=0, out=out))
+        if self.batching:
+            groups: dict[tuple, list[_Block]] = {}
+            for b in blocks:
+                groups.setdefault(b.key, []).append(b)
+            # Groups run in order of their first request, as if built in request order.
+            ordered = list(groups.values())
+            if len(ordered) > 1:
+                ordered.sort(key=lambda bs: min(b.indices[0] for b in bs))
+            for members in ordered:
+                self._run_group(members[0].key, members, outcomes, max_result_bytes)
+        else:
+            # Without batching every request is its own group, run in request order.
+            for i, b, j in sorted((i, b, j) for b in blocks for j, i in enumerate(b.indices)):
+                outcomes[i] = self._run_one(b.member(j), max_result_bytes)
+        if None in outcomes:
+            return [o if o is not None else (Status.INTERNAL, b"no outcome") for o in outcomes]
+        return outcomes
+
+    def _run_group(self, key: tuple, blocks: list[_Block], outcomes: list, max_result_bytes: int) -> None:
+        """Outcomes for the requests of `blocks` (all with shape key `key`), written into outcomes."""
+        n_members = sum(len(b.indices) for b in blocks)
+        state = self.batch_verified.get(key, 0)
+        if n_members >= 2 and self.batching and state >= VERIFY_MEMBERS:
+            batched = self._run_batched(blocks, max_result_bytes)
+            if batched is not None:
+                for i, outcome in zip(*batched):
+                    outcomes[i] = outcome
+                return
+        order = sorted((i, b, j) for b in blocks for j, i in enumerate(b.indices))  # request order
+        results = [self._run_one(b.member(j), max_result_bytes) for _, b, j in order]
+        if n_members >= 2 and self.batching and 0 <= state < VERIFY_MEMBERS \
+                and all(status == Status.OK for status, _ in results):  # errors prove nothing about batching
+            # Not yet trusted: compare with a batched run; the one-at-a-time results are returned.
+            batched = self._run_batched(blocks, max_result_bytes)
+            if batched is not None:
+                if batched[1] == results:
+                    self.batch_verified[key] = state + n_members
+                else:
+                    self.batch_verified[key] = -1
+                    LOGGER.info("model %r: batched results differ from unbatched ones for non-batch dims %s; "
+                                "those requests will run one at a time", self.spec.id, key)
+        for (i, _, _), outcome in zip(order, results):
+            outcomes[i] = outcome
+
+    def _run_batched(self, blocks: list[_Block], max_result_bytes: int) -> tuple[list[int], list[Outcome]] | None:
+        """One session.run for all members, concatenated in request order.
+
+        Returns (request indices in request order, their outcomes); None means
+        "run them one by one".
+        """
+        total = sum(len(b.indices) * b.rows for b in blocks)
+        if len(blocks) == 1:
+            # The members are consecutive rows of the block's arrays already.
+            dest = None
+            indices = blocks[0].indices
+            arrays = [a.reshape((total,) + a.shape[2:]) for a in blocks[0].arrays]
+        else:
+            # Rows of each member in the batch (request order), per block.
+            starts, pos = {}, 0
+            indices = sorted(i for b in blocks for i in b.indices)
+            rows_of = {i: b.rows for b in blocks for i in b.indices}
+            for i in indices:
+                starts[i] = pos
+                pos += rows_of[i]
+            dest = [(np.array([starts[i] for i in b.indices], dtype=np.intp)[:, None]
+                     + np.arange(b.rows, dtype=np.intp)).reshape(-1) for b in blocks]
+            arrays = []
+            for k in range(len(self.inputs)):
+                first = blocks[0].arrays[k]
+                out = aligned_empty((total,) + first.shape[2:], first.dtype)
+                for b, rows in zip(blocks, dest):
+                    a = b.arrays[k]
+                    out[rows] = a.reshape((rows.size,) + a.shape[2:])
+                arrays.append(out)
         try:
             outputs = self._run(arrays)
         except Exception:
@@ -191,11 +406,24 @@ class TensorModel:
             LOGGER.warning("model %r: outputs do not follow the batch dimension; batching disabled for it",
                            self.spec.id)
             self.batching = False
+            self._layouts.clear()  # their validation results depend on self.batching
             return None
-        result = []
-        start = 0
-        for m in members:
-            stop = start + m.rows
-            result.append(self._encode([o[start:stop] for o in outputs], max_result_bytes))
-            start = stop
-        return result
+        results: list[Outcome] = []
+        by_index: dict[int, Outcome] = {}
+        for bi, b in enumerate(blocks):
+            n = len(b.indices)
+            outs = outputs if dest is None else [o[dest[bi]] for o in outputs]
+            encoded = encode_tensor_rows([o.reshape((n, b.rows) + o.shape[1:]) for o in outs])
+            size = len(encoded[0])  # members of a block have results of one size
+            if size > max_result_bytes:
+                failure = (Status.TOO_LARGE, error_payload(f"result is {size} bytes, limit {max_result_bytes}"))
+                block_results = [failure] * n
+            else:
+                block_results = [(Status.OK, payload) for payload in encoded]
+            if dest is None:
+                results = block_results
+            else:
+                by_index.update(zip(b.indices, block_results))
+        if dest is not None:
+            results = [by_index[i] for i in indices]
+        return indices, results
