@@ -633,3 +633,25 @@ int64_t we_exchange(we_exchange_ctx *c, const char *payload, uint32_t payload_le
     if (rc != WE_OK) return rc;
     return (int64_t)c->rep.payload_len;
 }
+
+int we_gather(const uint8_t *src, uint64_t src_len, const int64_t *starts, const int64_t *lens,
+              uint64_t n, uint8_t *dst, uint64_t dst_len, uint64_t *err_index) {
+    uint64_t total = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        if (starts[i] < 0 || lens[i] < 0 || !in_bounds(src_len, (uint64_t)starts[i], (uint64_t)lens[i])) {
+            *err_index = i;
+            return WE_ERR_BOUNDS;
+        }
+        total += (uint64_t)lens[i];
+    }
+    if (total > dst_len) {
+        *err_index = n;
+        return WE_ERR_BOUNDS;
+    }
+    uint64_t off = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        if (lens[i]) memcpy(dst + off, src + starts[i], (size_t)lens[i]);
+        off += (uint64_t)lens[i];
+    }
+    return WE_OK;
+}

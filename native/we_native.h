@@ -133,6 +133,13 @@ int we_ring_exchange(const we_ring_ref *out, const we_ring_ref *in, uint16_t kin
                      uint8_t *reply_payload, uint32_t reply_cap, int64_t timeout_ns,
                      uint64_t *err_off);
 
+/* Gather variable-length payloads: dst receives src[starts[i] .. +lens[i]]
+ * for i = 0..n-1, back to back. Every range is checked against src_len and
+ * the total against dst_len first; on a bad range nothing is copied and
+ * WE_ERR_BOUNDS is returned with *err_index set. */
+int we_gather(const uint8_t *src, uint64_t src_len, const int64_t *starts, const int64_t *lens,
+              uint64_t n, uint8_t *dst, uint64_t dst_len, uint64_t *err_index);
+
 /* Request/response context: everything a latency-path exchange needs, set
  * up once, so each call passes three arguments. `req` carries the header of
  * the record to send (payload_len is filled in); `rep` receives the reply. */

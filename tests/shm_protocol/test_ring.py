@@ -243,3 +243,14 @@ def test_call_bytes_header_and_errors():
         ch.close()
         with pytest.raises(RingClosedError):
             ch.call_bytes(b"", timeout_s=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 300), min_size=0, max_size=40), data=st.data())
+def test_native_take_matches_numpy_reference(sizes, data):
+    recs = [Record(1 + i % 5, bytes((i * 7 + j) & 0xFF for j in range(n)), seq=i) for i, n in enumerate(sizes)]
+    b = RecordBatch.from_records(recs)
+    idx = np.array(data.draw(st.lists(st.integers(0, max(len(recs) - 1, 0)), max_size=60)) if recs else [],
+                   dtype=np.int64)
+    fast, ref = b.take(idx), b.take_reference(idx)
+    assert fast == ref and fast.records() == [recs[i] for i in idx]
