@@ -240,8 +240,13 @@ def tensor_records(payload: bytes | bytearray | memoryview) -> list[TensorRecord
             raise PayloadError(Status.MALFORMED,
                                f"tensor {i}: shape {list(dims)} needs {nbytes} data bytes, {n - off} left")
         if not nbytes:
-            # The reshape that allocating the empty array makes (see aligned_empty).
-            _NO_BYTES.view(dt.newbyteorder("=")).reshape(dims)
+            # The reshape that allocating the empty array makes (see aligned_empty):
+            # an empty tensor whose other dims overflow numpy's size is this
+            # request's error, not the whole batch's.
+            try:
+                _NO_BYTES.view(dt.newbyteorder("=")).reshape(dims)
+            except ValueError:
+                raise PayloadError(Status.MALFORMED, f"tensor {i}: shape {list(dims)} is too large") from None
         out.append((code, dims, off, nbytes))
         off += nbytes
     if off != n:
