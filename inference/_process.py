@@ -18,7 +18,7 @@ import traceback
 
 import numpy as np
 
-from ..shm_protocol import Channel, RecordBatch, RingFullError
+from ..shm_protocol import Channel, RecordBatch
 
 K_INF_INIT = 64       # payload: JSON {"models": [...], "provider": str}
 K_INF_READY = 65      # payload: JSON list of per-model info (provider used, memory)
@@ -39,14 +39,11 @@ def request_id(agent: int, seq: int) -> int:
 
 
 def _push(ch: Channel, batch: RecordBatch, parent_pid: int) -> None:
-    while len(batch):
-        try:
-            ch.send.push_batch(batch, timeout_s=PUSH_TIMEOUT_S)
-            return
-        except RingFullError as e:
-            batch = batch.slice(e.pushed, len(batch))
-            if os.getppid() != parent_pid:
-                raise SystemExit(3) from None
+    def parent_alive():
+        if os.getppid() != parent_pid:
+            raise SystemExit(3)
+
+    ch.send.push_all(batch, poll_s=PUSH_TIMEOUT_S, still_there=parent_alive)
 
 
 def _one(kind: int, payload: bytes = b"", tick: int = 0) -> RecordBatch:

@@ -20,7 +20,7 @@ from ..inference import (
     K_INF_DONE, K_INF_ERROR, K_INF_EXECUTE, K_INF_INIT, K_INF_READY, K_INF_REQUEST, K_INF_SHUTDOWN,
     build_engine, engine_info, execute_batch, inference_main,
 )
-from ..shm_protocol import Channel, RecordBatch, RingFullError
+from ..shm_protocol import Channel, RecordBatch
 from ._errors import GroupFailedError, ModelLoadError, WorkerCrashedError
 
 CHANNEL_CAPACITY_BYTES = 1 << 24
@@ -89,13 +89,7 @@ class ProcessInference:
             raise WorkerCrashedError(f"inference process (pid {self.proc.pid}) {how}", -1, code)
 
     def _push(self, batch: RecordBatch) -> None:
-        while len(batch):
-            try:
-                self.channel.send.push_batch(batch, timeout_s=POLL_S)
-                return
-            except RingFullError as e:
-                batch = batch.slice(e.pushed, len(batch))
-                self._check_alive()
+        self.channel.send.push_all(batch, poll_s=POLL_S, still_there=self._check_alive)
 
     @staticmethod
     def _record(kind: int, payload: bytes = b"", tick: int = 0) -> RecordBatch:

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from ..shm_protocol import Channel, RecordBatch, RingFullError
+from ..shm_protocol import Channel, RecordBatch
 from ..worker import (
     K_DONE, K_ERROR, K_FINAL, K_INIT, K_READY, K_RUN, K_SHUTDOWN, GroupHost, GroupSpec, group_main,
 )
@@ -86,13 +86,7 @@ class ProcessLink:
             raise WorkerCrashedError(f"agent group {self.index} (pid {self.pid}) {how}", self.index, code)
 
     def _push(self, batch: RecordBatch) -> None:
-        while len(batch):
-            try:
-                self.channel.send.push_batch(batch, timeout_s=POLL_S)
-                return
-            except RingFullError as e:
-                batch = batch.slice(e.pushed, len(batch))
-                self._check_alive()
+        self.channel.send.push_all(batch, poll_s=POLL_S, still_there=self._check_alive)
 
     @staticmethod
     def _record(kind: int, payload: bytes = b"", tick: int = 0, flags: int = 0) -> RecordBatch:

@@ -162,6 +162,22 @@ class Ring:
                                  f"(allowed: {KIND_MIN}..{KIND_MAX}); nothing was pushed")
             raise_for_status(rc, self.name, self._err_out[0])
 
+    def push_all(self, batch: RecordBatch, *, poll_s: float, still_there) -> None:
+        """Push the whole batch, however long it takes, as long as the peer lives.
+
+        Waits in slices of ``poll_s``; between slices calls ``still_there()``,
+        which raises (or returns False) when the peer is gone. Nothing is
+        dropped: on return every record is in the ring.
+        """
+        while len(batch):
+            try:
+                self.push_batch(batch, timeout_s=poll_s)
+                return
+            except RingFullError as e:
+                batch = batch.slice(e.pushed, len(batch))
+                if still_there() is False:
+                    raise RingClosedError(f"ring {self.name}: the peer went away while the ring was full") from None
+
     # -- pop ------------------------------------------------------------------
     def _pop(self, max_records: int, timeout_s: float | None) -> int:
         rc = lib.we_ring_pop(

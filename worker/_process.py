@@ -32,16 +32,11 @@ MAX_IDLE_POLLS = 24 * 3600
 
 
 def _push(ch: Channel, batch: RecordBatch, parent_pid: int) -> None:
-    from ..shm_protocol import RingFullError
+    def parent_alive():
+        if os.getppid() != parent_pid:
+            raise SystemExit(3)
 
-    while len(batch):
-        try:
-            ch.send.push_batch(batch, timeout_s=PUSH_TIMEOUT_S)
-            return
-        except RingFullError as e:
-            batch = batch.slice(e.pushed, len(batch))
-            if os.getppid() != parent_pid:
-                raise SystemExit(3) from None
+    ch.send.push_all(batch, poll_s=PUSH_TIMEOUT_S, still_there=parent_alive)
 
 
 def _one(kind: int, payload: bytes = b"", tick: int = 0, flags: int = 0) -> RecordBatch:

@@ -254,3 +254,18 @@ def test_native_take_matches_numpy_reference(sizes, data):
                    dtype=np.int64)
     fast, ref = b.take(idx), b.take_reference(idx)
     assert fast == ref and fast.records() == [recs[i] for i in idx]
+
+
+def test_push_all_waits_while_the_peer_lives_and_stops_when_it_goes(ring):
+    calls = []
+    big = RecordBatch.from_records([Record(1, b"p" * 200, seq=i) for i in range(40)])  # > one ring's worth
+
+    def gone():
+        calls.append(1)
+        return len(calls) < 3  # alive twice, then gone
+
+    with pytest.raises(RingClosedError, match="peer went away"):
+        ring.push_all(big, poll_s=0.001, still_there=gone)
+    assert len(calls) == 3
+    got = ring.pop_batch(timeout_s=0).records()
+    assert [r.seq for r in got] == list(range(len(got))) and 0 < len(got) < 40  # nothing reordered or lost
