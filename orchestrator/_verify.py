@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..worker import STATE_DTYPE
 from . import _runlog
 from ._errors import DivergenceError, ReplayLogError
 from ._replaylog import LogReader
@@ -153,4 +152,4 @@ def _text(p: bytes, kind: int) -> str | None:
     return None
 
 
-__all__ = ["VerifyResult", "verify", "replay", "scenario_from_log", "STATE_DTYPE"]
+__all__ = ["VerifyResult", "verify", "replay", "scenario_from_log"]

@@ -151,7 +151,7 @@ class _Agent:
     __slots__ = (
         "id", "kind", "store", "memory", "base", "step", "status", "seq", "fuel", "sends", "logs",
         "infers", "in_lo", "in_hi", "rng_key", "rng_n", "pub", "quota", "infer_quota", "fuel_total",
-        "ctx", "mem_ref", "step_ref",
+        "ctx", "mem_ref", "step_ref", "globals",
     )
 
 
@@ -370,6 +370,8 @@ class GroupHost:
         a.ctx = a.store._context()
         a.mem_ref = byref(a.memory._memory)
         a.step_ref = byref(a.step._func)
+        names = sorted(e.name for e in module.exports if isinstance(e.type, wasmtime.GlobalType))
+        a.globals = [(name, ex[name]) for name in names]
         if len(self.agents) == 0 or self.agents[-1].kind is not kind:
             version = ex["we_abi_version"](a.store)
             if version != ABI_VERSION:
@@ -505,15 +507,17 @@ class GroupHost:
 
     def final_state(self) -> RecordBatch:
         """K_STATE records: each agent's status, output count and a digest of its
-        linear memory, exported globals and host-side state."""
+        linear memory, exported globals and host-side state. (Globals a module
+        does not export are not reachable through wasmtime's API; the
+        crash-recovery issue will snapshot them through the C API.)"""
         st = np.zeros(len(self.agents), STATE_DTYPE)
         for i, a in enumerate(self.agents):
             h = hashlib.blake2b(digest_size=32)
             n = self._mem_len(a)
             h.update(n.to_bytes(8, "little"))
             h.update(ctypes.string_at(a.base, n))
-            for name, ext in sorted(_globals(a)):
-                h.update(name.encode() + b"=" + repr(ext).encode())
+            for name, glob in a.globals:
+                h.update(f"{name}={glob.value(a.store)!r};".encode())
             h.update(f"status={int(a.status)} seq={a.seq} fuel={a.fuel_total}".encode())
             st[i] = (a.id, int(a.status), a.seq, a.fuel_total & 0xFFFFFFFF, h.digest())
         return _chunked(K_STATE, st, 0, 0)
@@ -612,12 +616,6 @@ class GroupHost:
 
     def _h_agent_count(self) -> int:
         return self.spec.total_agents
-
-
-def _globals(a: _Agent):
-    # Exported globals only: wasmtime-py cannot enumerate private ones. The
-    # crash-recovery issue snapshots those through the C API.
-    return []
 
 
 def _chunked(kind: int, arr: np.ndarray, tick: int, flags: int) -> RecordBatch:

@@ -236,3 +236,28 @@ def test_examples_agree_on_both_host_paths(example):
     sc = load_scenario(Path(__file__).resolve().parents[2] / "examples" / example / "scenario.toml").with_overrides(ticks=3)
     assert Supervisor(sc, groups=1, transport="inline", host="fast").run().run_hash == \
         Supervisor(sc, groups=2, transport="inline", host="reference").run().run_hash
+
+
+def test_final_state_covers_exported_globals(tmp_path):
+    """Changing nothing but an exported global's value changes the agent's final-state digest."""
+    import hashlib
+
+    import wasmtime
+
+    from wasm_engine.worker import STATE_DTYPE, GroupHost, GroupSpec, K_STATE, KindSpec, unchunk
+
+    mod = _wat_module(tmp_path, """(module
+      (global $g (export "g") (mut i32) (i32.const 0))
+      (func (export "we_abi_version") (result i32) (i32.const 1))
+      (memory (export "memory") 1)
+      (func (export "we_init") (param i32 i64 i32) (result i32) (i32.const 0))
+      (func (export "we_step") (param i64) (result i32) (i32.const 0)))""")
+    kind = KindSpec("k", str(mod), hashlib.sha256(mod.read_bytes()).hexdigest(), (), 1000, 1 << 20, 0, 0, 0, "",
+                    0, 1)
+    host = GroupHost(GroupSpec(0, 1, 1, 256, 0, (kind,), agent_ids=(0,)))
+    before = unchunk(host.final_state(), K_STATE, STATE_DTYPE)["digest"][0]
+    agent = host.agents[0]
+    (name, glob), = agent.globals
+    glob.set_value(agent.store, wasmtime.Val.i32(41))
+    after = unchunk(host.final_state(), K_STATE, STATE_DTYPE)["digest"][0]
+    assert name == "g" and before != after
