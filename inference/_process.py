@@ -46,9 +46,8 @@ def _push(ch: Channel, batch: RecordBatch, parent_pid: int) -> None:
     ch.send.push_all(batch, poll_s=PUSH_TIMEOUT_S, still_there=parent_alive)
 
 
-def _one(kind: int, payload: bytes = b"", tick: int = 0) -> RecordBatch:
-    return RecordBatch.from_arrays(kind=kind, source=0, destination=0, tick=tick, seq=0,
-                                   payload_len=np.array([len(payload)]), payload=np.frombuffer(payload, np.uint8))
+def _one(kind: int, payload: bytes = b"", tick: int = 0, flags: int = 0) -> RecordBatch:
+    return RecordBatch.single(kind, payload, tick=tick, flags=flags)
 
 
 def build_engine(config: dict, max_result_bytes: int):

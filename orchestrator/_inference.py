@@ -10,9 +10,6 @@ tick t; fetch results of tick t, waiting if late):
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 
 import numpy as np
 
@@ -20,15 +17,14 @@ from ..inference import (
     K_INF_DONE, K_INF_ERROR, K_INF_EXECUTE, K_INF_INIT, K_INF_READY, K_INF_REQUEST, K_INF_SHUTDOWN,
     build_engine, engine_info, execute_batch, inference_main,
 )
-from ..shm_protocol import Channel, RecordBatch
-from ._errors import GroupFailedError, ModelLoadError, WorkerCrashedError
+from ..shm_protocol import RecordBatch
+from ._child import _ChildProcess
+from ._errors import GroupFailedError, ModelLoadError
 
 CHANNEL_CAPACITY_BYTES = 1 << 24
 CHANNEL_MAX_RECORD_BYTES = 1 << 20
-POLL_S = 0.5
 #: Loading models can take long (a real LM, a cold GPU).
 READY_TIMEOUT_S = 900.0
-GRACEFUL_TIMEOUT_S = 5.0
 
 
 def model_config(scenario, provider: str | None) -> dict:
@@ -69,58 +65,18 @@ class InlineInference:
         self.engine = None
 
 
-class ProcessInference:
+class ProcessInference(_ChildProcess):
     """The dedicated inference process; supervised like an agent group."""
 
     def __init__(self, config: dict, ctx) -> None:
         self.config = config
-        self.channel = Channel.create(capacity_bytes=CHANNEL_CAPACITY_BYTES,
-                                      max_record_bytes=CHANNEL_MAX_RECORD_BYTES, tag="inf")
-        self.proc = ctx.Process(target=inference_main, args=(self.channel.name, os.getpid()),
-                                name="wasm-engine-inference", daemon=True)
+        super().__init__(ctx, inference_main, name="wasm-engine-inference", tag="inf",
+                         capacity_bytes=CHANNEL_CAPACITY_BYTES, max_record_bytes=CHANNEL_MAX_RECORD_BYTES,
+                         label="inference process", index=-1, error_kind=K_INF_ERROR, shutdown_kind=K_INF_SHUTDOWN,
+                         error_prefix="inference process: ")
         self.info: list[dict] = []
         self._ready: dict[int, RecordBatch] = {}
         self._partial: list[RecordBatch] = []
-
-    def _check_alive(self) -> None:
-        if not self.proc.is_alive():
-            code = self.proc.exitcode
-            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-            raise WorkerCrashedError(f"inference process (pid {self.proc.pid}) {how}", -1, code)
-
-    def _push(self, batch: RecordBatch) -> None:
-        self.channel.send.push_all(batch, poll_s=POLL_S, still_there=self._check_alive)
-
-    @staticmethod
-    def _record(kind: int, payload: bytes = b"", tick: int = 0) -> RecordBatch:
-        return RecordBatch.from_arrays(kind=kind, source=0, destination=0, tick=tick, seq=0,
-                                       payload_len=np.array([len(payload)]), payload=np.frombuffer(payload, np.uint8))
-
-    def _one(self, kind: int, payload: bytes = b"", tick: int = 0) -> None:
-        self._push(self._record(kind, payload, tick))
-
-    def _until(self, kind: int, timeout_s: float | None = None) -> tuple[RecordBatch, RecordBatch]:
-        parts = []
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            b = self.channel.recv.pop_batch(timeout_s=POLL_S)
-            if not len(b):
-                self._check_alive()
-                if deadline is not None and time.monotonic() > deadline:
-                    raise GroupFailedError(f"inference process did not answer within {timeout_s} s", -1)
-                continue
-            kinds = b.headers["kind"]
-            err = np.flatnonzero(kinds == K_INF_ERROR)
-            if len(err):
-                raise GroupFailedError("inference process: " + b.payload_of(int(err[0])).decode("utf-8", "replace"), -1)
-            end = np.flatnonzero(kinds == kind)
-            if len(end):
-                e = int(end[0])
-                parts.append(b.take(np.arange(e)))
-                if e + 1 != len(b):
-                    raise GroupFailedError("inference process sent records after its end marker", -1)
-                return RecordBatch.concat(parts), b.take(np.array([e]))
-            parts.append(b)
 
     def start(self) -> None:
         self.proc.start()
@@ -128,7 +84,7 @@ class ProcessInference:
 
     def wait_ready(self) -> None:
         try:
-            _, ready = self._until(K_INF_READY, READY_TIMEOUT_S)
+            _, ready = self._collect_until(K_INF_READY, READY_TIMEOUT_S)
         except GroupFailedError as e:
             raise ModelLoadError(str(e).removeprefix("inference process: ")) from None
         self.info = json.loads(ready.payload_of(0))
@@ -136,7 +92,7 @@ class ProcessInference:
     def submit(self, tick: int, requests: RecordBatch) -> None:
         reqs = requests.take(np.arange(len(requests)))
         reqs.headers["kind"] = K_INF_REQUEST
-        self._push(RecordBatch.concat([reqs, self._record(K_INF_EXECUTE, tick=tick)]))
+        self._push(RecordBatch.concat([reqs, RecordBatch.single(K_INF_EXECUTE, tick=tick)]))
 
     def results(self, tick: int) -> RecordBatch:
         """Results of the requests submitted at ``tick``; waits for them if late.
@@ -145,16 +101,9 @@ class ProcessInference:
         later ticks too: one popped batch can hold several DONE markers.
         """
         while tick not in self._ready:
-            b = self.channel.recv.pop_batch(timeout_s=POLL_S)
-            if not len(b):
-                self._check_alive()
-                continue
-            kinds = b.headers["kind"]
-            err = np.flatnonzero(kinds == K_INF_ERROR)
-            if len(err):
-                raise GroupFailedError("inference process: " + b.payload_of(int(err[0])).decode("utf-8", "replace"), -1)
+            b = self._pop()
             start = 0
-            for d in np.flatnonzero(kinds == K_INF_DONE).tolist():
+            for d in np.flatnonzero(b.headers["kind"] == K_INF_DONE).tolist():
                 self._partial.append(b.slice(start, d))
                 self._ready[int(b.headers[d]["tick"])] = RecordBatch.concat(self._partial)
                 self._partial = []
@@ -162,23 +111,6 @@ class ProcessInference:
             if start < len(b):
                 self._partial.append(b.slice(start, len(b)))
         return self._ready.pop(tick)
-
-    def close(self) -> None:
-        try:
-            if self.proc.pid is not None and self.proc.is_alive():
-                try:
-                    self._one(K_INF_SHUTDOWN)
-                except Exception:  # noqa: BLE001
-                    pass
-                self.proc.join(GRACEFUL_TIMEOUT_S)
-                if self.proc.is_alive():
-                    self.proc.terminate()
-                    self.proc.join(2.0)
-                if self.proc.is_alive():
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                    self.proc.join(2.0)
-        finally:
-            self.channel.close()
 
 
 class LoggedInference:

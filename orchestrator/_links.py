@@ -11,29 +11,22 @@ implements the same five methods.
 from __future__ import annotations
 
 import os
-import signal
-import time
 
 import numpy as np
 
-from ..shm_protocol import Channel, RecordBatch
+from ..shm_protocol import RecordBatch
 from ..worker import (
     K_DONE, K_ERROR, K_FINAL, K_INIT, K_READY, K_RUN, K_SHUTDOWN, GroupHost, GroupSpec, group_main,
 )
-from ._errors import GroupFailedError, WorkerCrashedError
+from ._child import _ChildProcess
 
 #: Ring geometry of a supervisor<->group channel.
 CHANNEL_CAPACITY_BYTES = 1 << 23
 CHANNEL_MAX_RECORD_BYTES = 1 << 18
 #: Agent ids per K_INIT id record.
 IDS_PER_RECORD = 16384
-#: Poll interval while waiting on a group: how fast a dead group is noticed.
-POLL_S = 0.5
 #: Longest a group may take to load its agents (compiling modules, we_init).
 READY_TIMEOUT_S = 600.0
-#: After K_SHUTDOWN: wait this long, then SIGTERM, wait again, then SIGKILL.
-GRACEFUL_TIMEOUT_S = 5.0
-KILL_TIMEOUT_S = 2.0
 
 
 class InlineLink:
@@ -66,59 +59,16 @@ class InlineLink:
         self.host = None
 
 
-class ProcessLink:
+class ProcessLink(_ChildProcess):
     """A group in its own OS process, reached only through one Channel."""
 
     def __init__(self, spec: GroupSpec, ctx) -> None:
         self.spec = spec
-        self.index = spec.group_index
-        self.channel = Channel.create(capacity_bytes=CHANNEL_CAPACITY_BYTES,
-                                      max_record_bytes=CHANNEL_MAX_RECORD_BYTES, tag=f"g{self.index}")
-        self.proc = ctx.Process(target=group_main, args=(self.channel.name, os.getpid()),
-                                name=f"wasm-engine-group-{self.index}", daemon=True)
+        super().__init__(ctx, group_main, name=f"wasm-engine-group-{spec.group_index}", tag=f"g{spec.group_index}",
+                         capacity_bytes=CHANNEL_CAPACITY_BYTES, max_record_bytes=CHANNEL_MAX_RECORD_BYTES,
+                         label=f"agent group {spec.group_index}", index=spec.group_index, error_kind=K_ERROR,
+                         shutdown_kind=K_SHUTDOWN)
         self.pid = None
-
-    # -- helpers ---------------------------------------------------------------
-    def _check_alive(self) -> None:
-        if not self.proc.is_alive():
-            code = self.proc.exitcode
-            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-            raise WorkerCrashedError(f"agent group {self.index} (pid {self.pid}) {how}", self.index, code)
-
-    def _push(self, batch: RecordBatch) -> None:
-        self.channel.send.push_all(batch, poll_s=POLL_S, still_there=self._check_alive)
-
-    @staticmethod
-    def _record(kind: int, payload: bytes = b"", tick: int = 0, flags: int = 0) -> RecordBatch:
-        return RecordBatch.from_arrays(kind=kind, source=0, destination=0, tick=tick, seq=0,
-                                       payload_len=np.array([len(payload)]),
-                                       payload=np.frombuffer(payload, np.uint8), flags=flags)
-
-    def _one(self, kind: int, payload: bytes = b"", tick: int = 0, flags: int = 0) -> None:
-        self._push(self._record(kind, payload, tick, flags))
-
-    def _collect_until(self, end_kind: int, timeout_s: float | None = None) -> RecordBatch:
-        parts = []
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            b = self.channel.recv.pop_batch(timeout_s=POLL_S)
-            if not len(b):
-                self._check_alive()
-                if deadline is not None and time.monotonic() > deadline:
-                    raise GroupFailedError(f"agent group {self.index} did not answer within {timeout_s} s", self.index)
-                continue
-            kinds = b.headers["kind"]
-            err = np.flatnonzero(kinds == K_ERROR)
-            if len(err):
-                raise GroupFailedError(b.payload_of(int(err[0])).decode("utf-8", "replace"), self.index)
-            end = np.flatnonzero(kinds == end_kind)
-            if len(end):
-                e = int(end[0])
-                if e + 1 != len(b):
-                    raise GroupFailedError(f"agent group {self.index} sent records after its end marker", self.index)
-                parts.append(b.take(np.arange(e)))
-                return RecordBatch.concat(parts)
-            parts.append(b)
 
     # -- the link interface ----------------------------------------------------
     def start(self) -> None:
@@ -134,30 +84,10 @@ class ProcessLink:
 
     def run_stage(self, tick: int, stage: int, deliveries: RecordBatch) -> None:
         # One push: every push may cost the peer a futex wake-up.
-        self._push(RecordBatch.concat([deliveries, self._record(K_RUN, tick=tick, flags=stage)]))
+        self._push(RecordBatch.concat([deliveries, RecordBatch.single(K_RUN, tick=tick, flags=stage)]))
 
     def request_final(self) -> None:
         self._one(K_FINAL)
 
     def collect(self) -> RecordBatch:
-        return self._collect_until(K_DONE)
-
-    def close(self) -> None:
-        """Stop the group: ask, wait, SIGTERM, wait, SIGKILL; then unlink the channel."""
-        try:
-            if self.proc.pid is not None and self.proc.is_alive():
-                try:
-                    self._one(K_SHUTDOWN)
-                except Exception:  # noqa: BLE001 - a broken ring must not block shutdown
-                    pass
-                self.proc.join(GRACEFUL_TIMEOUT_S)
-                if self.proc.is_alive():
-                    self.proc.terminate()
-                    self.proc.join(KILL_TIMEOUT_S)
-                if self.proc.is_alive():
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                    self.proc.join(KILL_TIMEOUT_S)
-            elif self.proc.pid is not None:
-                self.proc.join(KILL_TIMEOUT_S)
-        finally:
-            self.channel.close()
+        return self._collect_until(K_DONE)[0]

@@ -61,6 +61,13 @@ class RecordBatch:
         return cls(np.zeros(0, RECORD_DTYPE), np.zeros(0, np.uint8))
 
     @classmethod
+    def single(cls, kind: int, payload: bytes = b"", *, tick: int = 0, flags: int = 0) -> "RecordBatch":
+        """One control record (source, destination and seq 0)."""
+        return cls.from_arrays(kind=kind, source=0, destination=0, tick=tick, seq=0,
+                               payload_len=np.array([len(payload)]), payload=np.frombuffer(payload, np.uint8),
+                               flags=flags)
+
+    @classmethod
     def from_records(cls, records) -> "RecordBatch":
         records = list(records)
         headers = np.zeros(len(records), RECORD_DTYPE)

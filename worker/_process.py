@@ -40,9 +40,7 @@ def _push(ch: Channel, batch: RecordBatch, parent_pid: int) -> None:
 
 
 def _one(kind: int, payload: bytes = b"", tick: int = 0, flags: int = 0) -> RecordBatch:
-    return RecordBatch.from_arrays(kind=kind, source=0, destination=0, tick=tick, seq=0,
-                                   payload_len=np.array([len(payload)]),
-                                   payload=np.frombuffer(payload, np.uint8), flags=flags)
+    return RecordBatch.single(kind, payload, tick=tick, flags=flags)
 
 
 def group_main(channel_name: str, parent_pid: int) -> None:
