@@ -11,14 +11,10 @@ restarted inference process can be fed the same requests again safely.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import sys
-import traceback
 
 import numpy as np
 
-from ..shm_protocol import Channel, RecordBatch
+from ..shm_protocol import RecordBatch, serve_channel
 
 K_INF_INIT = 64       # payload: JSON {"models": [...], "provider": str}
 K_INF_READY = 65      # payload: JSON list of per-model info (provider used, memory)
@@ -29,25 +25,8 @@ K_INF_DONE = 69       # all results of EXECUTE(tick) sent
 K_INF_ERROR = 70      # payload: UTF-8 message (model load failure, internal error)
 K_INF_SHUTDOWN = 71
 
-#: Records per result push; bounds the memory one push holds.
-PUSH_TIMEOUT_S = 1.0
-PARENT_CHECK_S = 1.0
-
-
 def request_id(agent: int, seq: int) -> int:
     return (agent << 32) | seq
-
-
-def _push(ch: Channel, batch: RecordBatch, parent_pid: int) -> None:
-    def parent_alive():
-        if os.getppid() != parent_pid:
-            raise SystemExit(3)
-
-    ch.send.push_all(batch, poll_s=PUSH_TIMEOUT_S, still_there=parent_alive)
-
-
-def _one(kind: int, payload: bytes = b"", tick: int = 0, flags: int = 0) -> RecordBatch:
-    return RecordBatch.single(kind, payload, tick=tick, flags=flags)
 
 
 def build_engine(config: dict, max_result_bytes: int):
@@ -94,53 +73,35 @@ def execute_batch(engine, requests: RecordBatch, max_result_bytes: int) -> Recor
                                    flags=np.array(status, np.uint16))
 
 
+class _Server:
+    """Control-record handler of the inference process (see serve_channel)."""
+
+    def __init__(self) -> None:
+        self.engine = None
+        self.max_result = 0
+
+    def __call__(self, batch: RecordBatch, c: int, pending: list[RecordBatch], reply) -> bool:
+        kind, tick = int(batch.headers[c]["kind"]), int(batch.headers[c]["tick"])
+        if kind == K_INF_INIT:
+            self.max_result = reply.max_record_bytes - 64
+            try:
+                self.engine = build_engine(json.loads(batch.payload_of(c)), self.max_result)
+            except Exception as e:  # noqa: BLE001 - reported to the supervisor as one line
+                reply(RecordBatch.single(K_INF_ERROR, str(e).encode()[-4000:]))
+                return False
+            reply(RecordBatch.single(K_INF_READY, json.dumps(engine_info(self.engine)).encode()))
+        elif kind == K_INF_EXECUTE:
+            reqs = RecordBatch.concat(pending)
+            pending.clear()
+            out = execute_batch(self.engine, reqs, self.max_result)
+            reply(RecordBatch.concat([out, RecordBatch.single(K_INF_DONE, tick=tick)]))
+        elif kind == K_INF_SHUTDOWN:
+            return False
+        else:
+            raise RuntimeError(f"inference process received unexpected record kind {kind}")
+        return True
+
+
 def inference_main(channel_name: str, parent_pid: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    ch = Channel.attach(channel_name)
-    engine = None
-    pending: list[RecordBatch] = []
-    max_result = ch.send.max_record_bytes - 64
-    try:
-        while True:
-            batch = ch.recv.pop_batch(timeout_s=PARENT_CHECK_S)
-            if not len(batch):
-                if os.getppid() != parent_pid:
-                    return
-                continue
-            kinds = batch.headers["kind"]
-            ctrl = np.flatnonzero(kinds != K_INF_REQUEST)
-            start = 0
-            for c in ctrl.tolist():
-                if c > start:
-                    pending.append(batch.slice(start, c))
-                start = c + 1
-                kind, tick = int(kinds[c]), int(batch.headers[c]["tick"])
-                if kind == K_INF_INIT:
-                    try:
-                        engine = build_engine(json.loads(batch.payload_of(c)), max_result)
-                    except Exception as e:  # noqa: BLE001 - reported to the supervisor as one line
-                        _push(ch, _one(K_INF_ERROR, str(e).encode()[-4000:]), parent_pid)
-                        return
-                    _push(ch, _one(K_INF_READY, json.dumps(engine_info(engine)).encode()), parent_pid)
-                elif kind == K_INF_EXECUTE:
-                    reqs = RecordBatch.concat(pending)
-                    pending.clear()
-                    out = execute_batch(engine, reqs, max_result)
-                    _push(ch, RecordBatch.concat([out, _one(K_INF_DONE, tick=tick)]), parent_pid)
-                elif kind == K_INF_SHUTDOWN:
-                    return
-                else:
-                    raise RuntimeError(f"inference process received unexpected record kind {kind}")
-            if start < len(batch):
-                pending.append(batch.slice(start, len(batch)))
-    except SystemExit:
-        raise
-    except BaseException:
-        msg = "internal error in the inference process:\n" + traceback.format_exc()
-        try:
-            _push(ch, _one(K_INF_ERROR, msg.encode()[-60000:]), parent_pid)
-        except BaseException:
-            print(msg, file=sys.stderr)
-        raise SystemExit(1) from None
-    finally:
-        ch.close()
+    serve_channel(channel_name, parent_pid, data_kind=K_INF_REQUEST, error_kind=K_INF_ERROR,
+                  label="the inference process", on_control=_Server())

@@ -33,6 +33,7 @@ from ._ring import (
     Ring as Ring,
     create_ring_segment as create_ring_segment,
 )
+from ._serve import serve_channel as serve_channel
 from ._segment import (
     Segment as Segment,
     list_segments as list_segments,
@@ -46,5 +47,5 @@ __all__ = [
     "RECORD_HEADER_BYTES", "RING_HEADER_BYTES", "Record", "RecordBatch", "RecordTooLargeError",
     "Ring", "RingClosedError", "RingCorruptError", "RingFullError", "SEGMENT_HEADER_BYTES",
     "SEGMENT_PREFIX", "Segment", "SegmentError", "create_ring_segment", "list_segments",
-    "new_segment_name", "sweep_orphans",
+    "new_segment_name", "serve_channel", "sweep_orphans",
 ]

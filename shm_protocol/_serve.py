@@ -1,0 +1,89 @@
+"""The child side of a supervisor channel: a loop that serves control records.
+
+Layer: shm_protocol (record kinds are parameters; nothing here knows what
+they mean). Used by the agent-group and inference processes: it ignores
+SIGINT (the supervisor stops its children in order), collects data records
+until a control record arrives, hands each control record to the caller,
+exits when the parent is gone, and reports any crash to the parent as one
+error record before exiting with status 1.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+
+import numpy as np
+
+from ._records import RecordBatch
+from ._ring import Channel
+
+#: How often an idle child checks that its parent is still alive.
+PARENT_CHECK_S = 1.0
+#: Longest a push to the parent may wait before the child re-checks it.
+PUSH_TIMEOUT_S = 1.0
+#: Idle polls (of PARENT_CHECK_S) before a child with no parent traffic gives up.
+MAX_IDLE_POLLS = 24 * 3600
+#: Largest crash report sent to the parent.
+MAX_ERROR_BYTES = 60000
+
+
+class _Reply:
+    """Sends records to the parent, giving up (exit 3) if the parent is gone."""
+
+    def __init__(self, ch: Channel, parent_pid: int) -> None:
+        self._ch, self._parent_pid = ch, parent_pid
+        #: The largest record the parent can be sent.
+        self.max_record_bytes = ch.send.max_record_bytes
+
+    def _parent_alive(self) -> None:
+        if os.getppid() != self._parent_pid:
+            raise SystemExit(3)
+
+    def __call__(self, batch: RecordBatch) -> None:
+        self._ch.send.push_all(batch, poll_s=PUSH_TIMEOUT_S, still_there=self._parent_alive)
+
+
+def serve_channel(channel_name: str, parent_pid: int, *, data_kind: int, error_kind: int, label: str,
+                  on_control) -> None:
+    """Serve until ``on_control`` returns False, the parent dies, or it is idle too long.
+
+    ``on_control(batch, i, pending, reply)`` handles control record ``i`` of
+    ``batch``; ``pending`` holds the data records (``data_kind``) received
+    since the handler last cleared it; ``reply(records)`` sends to the parent.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ch = Channel.attach(channel_name)
+    reply = _Reply(ch, parent_pid)
+    pending: list[RecordBatch] = []
+    idle = 0
+    try:
+        while True:
+            batch = ch.recv.pop_batch(timeout_s=PARENT_CHECK_S)
+            if not len(batch):
+                idle += 1
+                if os.getppid() != parent_pid or idle > MAX_IDLE_POLLS:
+                    return
+                continue
+            idle = 0
+            start = 0
+            for c in np.flatnonzero(batch.headers["kind"] != data_kind).tolist():
+                if c > start:
+                    pending.append(batch.slice(start, c))
+                start = c + 1
+                if on_control(batch, c, pending, reply) is False:
+                    return
+            if start < len(batch):
+                pending.append(batch.slice(start, len(batch)))
+    except SystemExit:
+        raise
+    except BaseException:
+        msg = f"internal error in {label}:\n" + traceback.format_exc()
+        try:
+            reply(RecordBatch.single(error_kind, msg.encode()[-MAX_ERROR_BYTES:]))
+        except BaseException:
+            print(msg, file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        ch.close()
