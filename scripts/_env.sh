@@ -14,8 +14,8 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 STAMP=.venv/.we-install-stamp
-INPUTS=$(cat pyproject.toml setup.py native/we_native.c native/we_native.h native/_atomics_build.py | sha256sum | cut -d' ' -f1)
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$INPUTS" ] || ! .venv/bin/python -c 'import wasm_engine.native' 2>/dev/null; then
+INPUTS=$(cat pyproject.toml setup.py native/we_native.c native/we_native.h native/we_fastcall.c native/_atomics_build.py | sha256sum | cut -d' ' -f1)
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$INPUTS" ] || ! .venv/bin/python -c 'import wasm_engine.native, wasm_engine.native._fastcall' 2>/dev/null; then
     echo "==> installing wasm-engine into .venv (compiles the native extension)" >&2
     .venv/bin/python -m pip install -q --upgrade pip setuptools wheel cffi >&2
     .venv/bin/python -m pip install -q -e ".[test]" >&2

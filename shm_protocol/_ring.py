@@ -7,9 +7,11 @@ moves a whole batch.
 """
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
-from ..native import ffi, lib
+from ..native import fast_exchange, ffi, lib
 from ._errors import ProtocolError, RingClosedError, RingFullError, raise_for_status
 from ._layout import (
     KIND_MAX,
@@ -35,7 +37,22 @@ DEFAULT_SPIN_ITERS = 2000
 DEFAULT_MAX_BATCH_RECORDS = 65536
 
 _we_exchange = lib.we_exchange
-_HDR_UNPACK = __import__("struct").Struct("<HHIIIQII").unpack_from
+_HDR = struct.Struct("<HHIIIQII")  # we_record_header, field for field
+_HDR_UNPACK = _HDR.unpack_from
+_HDR_PACK = _HDR.pack
+
+
+def _check_header_struct() -> None:
+    """The struct above and the declared RECORD_DTYPE must lay a header out alike."""
+    fields = (3, 4, 5, 6, 7, 8, 9, 10)
+    a = np.zeros(1, RECORD_DTYPE)
+    for name, v in zip(RECORD_DTYPE.names, fields):
+        a[name] = v
+    if _HDR.size != RECORD_HEADER_BYTES or _HDR.pack(*fields) != a.tobytes():
+        raise ImportError("shm_protocol: record header struct disagrees with RECORD_DTYPE")
+
+
+_check_header_struct()
 
 
 def ring_bytes(capacity_bytes: int) -> int:
@@ -267,12 +284,20 @@ class Channel:
     The creating side (``Channel.create``) sends on ring 0 and receives on
     ring 1; the attaching side (``Channel.attach``) the reverse. The creator
     alone unlinks the segment (``close()`` does it for the owner).
+
+    ``latency_path`` picks how request/response calls (:meth:`call`,
+    :meth:`call_bytes` and their serving twins) reach the native exchange:
+    ``"fast"`` through native's CPython fast call (spins with the GIL held,
+    releases it only to block), ``"reference"`` through cffi. Both run the
+    same C and move identical bytes; the tests cross-check them. A channel,
+    like its rings, belongs to one thread at a time.
     """
 
     DEFAULT_CAPACITY_BYTES = 1 << 22
     DEFAULT_MAX_RECORD_BYTES = 1 << 16
 
-    def __init__(self, segment: Segment, *, spin_iters: int = DEFAULT_SPIN_ITERS) -> None:
+    def __init__(self, segment: Segment, *, spin_iters: int = DEFAULT_SPIN_ITERS,
+                 latency_path: str = "fast") -> None:
         if segment.ring_count != 2:
             raise ProtocolError(f"segment {segment.name} holds {segment.ring_count} rings, a channel has 2")
         self.segment = segment
@@ -281,24 +306,30 @@ class Channel:
         self.send, self.recv = (down, up) if segment.owner else (up, down)
         self._ctx = self._make_ctx()
         self._ctx_timeout_s = DEFAULT_TIMEOUT_S
+        if latency_path not in ("fast", "reference"):
+            raise ValueError(f"latency_path must be 'fast' or 'reference', got {latency_path!r}")
+        self.latency_path = latency_path
+        self._exchange_call = fast_exchange if latency_path == "fast" else self._exchange_reference
+        self._ctx_addr = int(ffi.cast("uintptr_t", self._ctx[0]))
 
     @classmethod
     def create(cls, *, capacity_bytes: int = DEFAULT_CAPACITY_BYTES,
                max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, tag: str = "",
-               spin_iters: int = DEFAULT_SPIN_ITERS) -> "Channel":
+               spin_iters: int = DEFAULT_SPIN_ITERS, latency_path: str = "fast") -> "Channel":
         seg = create_ring_segment([(capacity_bytes, max_record_bytes)] * 2, tag=tag)
         try:
-            return cls(seg, spin_iters=spin_iters)
+            return cls(seg, spin_iters=spin_iters, latency_path=latency_path)
         except BaseException:
             seg.close()
             seg.unlink()
             raise
 
     @classmethod
-    def attach(cls, name: str, *, spin_iters: int = DEFAULT_SPIN_ITERS) -> "Channel":
+    def attach(cls, name: str, *, spin_iters: int = DEFAULT_SPIN_ITERS,
+               latency_path: str = "fast") -> "Channel":
         seg = Segment.attach(name)
         try:
-            return cls(seg, spin_iters=spin_iters)
+            return cls(seg, spin_iters=spin_iters, latency_path=latency_path)
         except BaseException:
             seg.close()
             raise
@@ -325,29 +356,43 @@ class Channel:
         req = ffi.addressof(c[0], "req")
         req.kind = 1
         rep_buf = ffi.buffer(ffi.addressof(c[0], "rep"), RECORD_HEADER_BYTES)
-        return c, req, buf, ffi.buffer(buf, cap), rep_buf
+        req_buf = ffi.buffer(req, RECORD_HEADER_BYTES)
+        return c, req, buf, ffi.buffer(buf, cap), rep_buf, req_buf
 
-    def _exchange(self, payload, timeout_s) -> int:
-        """Reply payload length, or -1 on timeout."""
+    def _set_timeout(self, timeout_s) -> None:
+        self._ctx[0].timeout_ns = _timeout_ns(timeout_s)
+        self._ctx_timeout_s = timeout_s
+
+    def _exchange_reference(self, addr: int, payload):
+        """The cffi path (reference for the fast one): bytes, or a negative status."""
         x = self._ctx
-        if x is None:
-            raise RingClosedError(f"channel {self.name} is closed")
-        c = x[0]
-        if timeout_s != self._ctx_timeout_s:
-            c.timeout_ns = _timeout_ns(timeout_s)
-            self._ctx_timeout_s = timeout_s
-        n = _we_exchange(c, payload, len(payload))
-        return n if n >= 0 else self._exchange_error(n, timeout_s)
+        if payload.__class__ is not bytes:
+            payload = ffi.from_buffer(payload)
+        n = _we_exchange(x[0], payload, len(payload))
+        return x[3][:n] if n >= 0 else n
 
-    def _exchange_error(self, rc: int, timeout_s) -> int:
+    def _exchange(self, payload, timeout_s) -> bytes | None:
+        """Send ``payload`` under the context's request header, return the
+        reply's payload (None on timeout); statuses become exceptions."""
+        addr = self._ctx_addr
+        if not addr:
+            raise RingClosedError(f"channel {self.name} is closed")
+        if timeout_s != self._ctx_timeout_s:
+            self._set_timeout(timeout_s)
+        r = self._exchange_call(addr, payload)
+        if r.__class__ is bytes:
+            return r
+        return self._exchange_error(r, timeout_s)
+
+    def _exchange_error(self, rc: int, timeout_s) -> None:
         if rc == lib.WE_ERR_EMPTY_TIMEOUT:
-            return -1
+            return None
         if rc == lib.WE_ERR_FULL_TIMEOUT:
             raise RingFullError(f"ring {self.send.name}: full for {timeout_s} s", 0)
         if rc == lib.WE_ERR_RECORD:
             raise ValueError(f"record kind {self._ctx[1].kind} is reserved (0 and 0xFFFF)")
         raise_for_status(rc, self.recv.name, self._ctx[0].err_off)
-        return -1
+        return None
 
     def call(self, kind: int, payload: bytes = b"", *, source: int = 0, destination: int = 0,
              tick: int = 0, seq: int = 0, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> Record | None:
@@ -361,16 +406,18 @@ class Channel:
         x = self._ctx
         if x is None:
             raise RingClosedError(f"channel {self.name} is closed")
-        req = x[1]
-        req.kind = kind
-        req.source = source
-        req.destination = destination
-        req.tick = tick
-        req.seq = seq
-        if self._exchange(payload, timeout_s) < 0:
+        try:
+            # One pack of the request header, stored only when every field fits (payload_len and check are the
+            # native side's to fill): cheaper than five cffi field stores.
+            hdr = _HDR_PACK(kind, 0, 0, source, destination, tick, seq, 0)
+        except struct.error as e:
+            raise ValueError(f"record header field out of range: {e}") from None
+        x[5][:] = hdr
+        payload = self._exchange(payload, timeout_s)
+        if payload is None:
             return None
-        k, flags, n, src, dst, t, sq, _check = _HDR_UNPACK(x[4])
-        return Record(k, x[3][:n], src, dst, t, sq, flags)
+        k, flags, _n, src, dst, t, sq, _check = _HDR_UNPACK(x[4])
+        return Record(k, payload, src, dst, t, sq, flags)
 
     #: Serving side: reply to the last request and wait for the next one.
     reply_recv = call
@@ -387,26 +434,28 @@ class Channel:
         req.kind, req.source, req.destination, req.tick, req.seq = kind, source, destination, tick, seq
 
     def call_bytes(self, payload: bytes, *, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> bytes | None:
-        """Lean request/response: send ``payload`` under the preset header
-        (:meth:`set_call_header`), return the reply's payload (None on timeout).
+        """Lean request/response: send ``payload`` (bytes or any contiguous
+        buffer) under the preset header (:meth:`set_call_header`), return the
+        reply's payload (None on timeout).
 
-        One native call and one copy of the reply; for latency-critical loops
-        that need no per-message header fields.
+        One native call, which spins with the GIL held and releases it only
+        to block; for latency-critical loops that need no per-message header
+        fields.
         """
-        x = self._ctx
-        if x is None or timeout_s != self._ctx_timeout_s:
-            n = self._exchange(payload, timeout_s)
-        else:
-            n = _we_exchange(x[0], payload, len(payload))
-            if n < 0:
-                n = self._exchange_error(n, timeout_s)
-        return x[3][:n] if n >= 0 else None
+        addr = self._ctx_addr
+        if addr and timeout_s == self._ctx_timeout_s:
+            r = self._exchange_call(addr, payload)
+            if r.__class__ is bytes:
+                return r
+            return self._exchange_error(r, timeout_s)
+        return self._exchange(payload, timeout_s)
 
     #: Serving side of call_bytes.
     reply_recv_bytes = call_bytes
 
     def close(self) -> None:
         """Unmap; the owner also unlinks. Idempotent."""
+        self._ctx_addr = 0  # first: the fast path must never see a freed context
         self._ctx = None
         self.segment.close()
         if self.segment.owner:

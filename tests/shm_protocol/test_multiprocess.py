@@ -139,9 +139,10 @@ def test_sigkill_of_creator_is_cleaned_by_the_tracker():
     assert name not in list_segments()
 
 
-def test_two_process_ping_pong_lean_bytes_api():
+@pytest.mark.parametrize("path", ["fast", "reference"])
+def test_two_process_ping_pong_lean_bytes_api(path):
     n = 2000
-    with Channel.create(capacity_bytes=1 << 16, max_record_bytes=1024) as ch:
+    with Channel.create(capacity_bytes=1 << 16, max_record_bytes=1024, latency_path=path) as ch:
         p = CTX.Process(target=_procs.echo_bytes, args=(ch.name, n))
         p.start()
         ch.set_call_header(9, source=1, destination=2, tick=3, seq=4)

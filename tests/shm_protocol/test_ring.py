@@ -269,3 +269,100 @@ def test_push_all_waits_while_the_peer_lives_and_stops_when_it_goes(ring):
     assert len(calls) == 3
     got = ring.pop_batch(timeout_s=0).records()
     assert [r.seq for r in got] == list(range(len(got))) and 0 < len(got) < 40  # nothing reordered or lost
+
+
+# ---- latency path: native fast call vs the cffi reference ------------------
+def _ring_images(ch):
+    return [bytes(ch.segment._shm.buf[r.offset:r.offset + 256 + r.capacity_bytes])
+            for r in (ch.send, ch.recv)]
+
+
+_header = st.tuples(st.integers(1, 0xFFFE), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
+                    st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(st.tuples(st.binary(max_size=300), st.binary(max_size=300), _header,
+                                st.booleans(), st.sampled_from([bytes, bytearray, memoryview])),
+                      min_size=1, max_size=30))
+def test_fast_latency_path_matches_cffi_reference_byte_for_byte(steps):
+    """Both paths run the same exchange: same replies, same ring bytes, wraps included."""
+    pairs = []
+    for path in ("fast", "reference"):
+        ch = Channel.create(capacity_bytes=2048, max_record_bytes=512, latency_path=path)
+        pairs.append((ch, Channel.attach(ch.name)))
+    try:
+        for req, rep, (kind, src, dst, tick, seq), lean, typ in steps:
+            got = []
+            for ch, peer in pairs:
+                peer.send.push(kind, rep, source=dst, destination=src, tick=tick, seq=seq, timeout_s=0)
+                if lean:
+                    ch.set_call_header(kind, source=src, destination=dst, tick=tick, seq=seq)
+                    out = ch.call_bytes(typ(req), timeout_s=0)
+                else:
+                    out = ch.call(kind, typ(req), source=src, destination=dst, tick=tick, seq=seq,
+                                  timeout_s=0)
+                got.append((out, peer.recv.pop(timeout_s=0)))
+            assert got[0] == got[1]
+            assert got[0][1] == Record(kind, req, src, dst, tick, seq)
+            assert (got[0][0] == rep) if lean else (got[0][0] == Record(kind, rep, dst, src, tick, seq))
+        assert _ring_images(pairs[0][0]) == _ring_images(pairs[1][0])
+    finally:
+        for ch, peer in pairs:
+            peer.close()
+            ch.close()
+
+
+@pytest.mark.parametrize("path", ["fast", "reference"])
+def test_latency_path_errors_are_the_same(path):
+    with Channel.create(capacity_bytes=1024, max_record_bytes=128, latency_path=path) as ch:
+        with pytest.raises(TypeError):
+            ch.call_bytes("not bytes", timeout_s=0)
+        with pytest.raises(RecordTooLargeError):
+            ch.call_bytes(bytes(200), timeout_s=0)
+        with pytest.raises(ValueError, match="out of range"):
+            ch.call(1 << 16, b"", timeout_s=0)
+        while True:  # fill the send ring: nobody reads it
+            try:
+                ch.send.push(1, bytes(64), timeout_s=0)
+            except RingFullError:
+                break
+        with pytest.raises(RingFullError):
+            ch.call_bytes(bytes(64), timeout_s=0.01)
+    with pytest.raises(ValueError, match="latency_path"):
+        Channel.create(capacity_bytes=1024, max_record_bytes=128, latency_path="turbo")
+
+
+@pytest.mark.parametrize("path", ["fast", "reference"])
+def test_latency_path_releases_the_gil_while_it_blocks(path):
+    """A reply (or room) that comes from another thread of this process after the
+    spin phase must arrive: the waiting call may not hold the GIL while it sleeps."""
+    import threading
+
+    with Channel.create(capacity_bytes=1024, max_record_bytes=128, latency_path=path) as ch:
+        peer = Channel.attach(ch.name)
+        try:
+            t = threading.Timer(0.05, lambda: peer.send.push(1, b"late", timeout_s=1))
+            t.start()
+            assert ch.call_bytes(b"q", timeout_s=5) == b"late"
+            t.join()
+            assert peer.recv.pop(timeout_s=0).payload == b"q"
+            while True:
+                try:
+                    ch.send.push(1, bytes(64), timeout_s=0)
+                except RingFullError:
+                    break
+            n_full = len(peer.recv.pop_batch(timeout_s=0))
+            for _ in range(n_full):
+                ch.send.push(1, bytes(64), timeout_s=0)
+
+            def drain_then_reply():
+                peer.recv.pop_batch(timeout_s=1)
+                peer.send.push(1, b"room", timeout_s=1)
+
+            t = threading.Timer(0.05, drain_then_reply)
+            t.start()
+            assert ch.call_bytes(bytes(64), timeout_s=5) == b"room"
+            t.join()
+        finally:
+            peer.close()
