@@ -6,7 +6,10 @@ Measures, in one run on this machine, between two processes:
     the ring both through the lean bytes API (``Channel.call_bytes`` /
     ``reply_recv_bytes``, row "ring") and the general Record API
     (``Channel.call`` / ``reply_recv``, row "ring_records", same throughput);
-  * one-way throughput of 64-byte messages (batched where the transport allows).
+  * one-way throughput of 64-byte messages (batched where the transport allows);
+  * for ring and Pipe, the round trip to a peer that has gone to sleep
+    (``asleep_rtt_us_*``: the kernel wake-up path, paid by every handoff to an
+    idle process).
 
 Prints a table; with --json the last line of stdout is one JSON object:
   {"ring": {"rtt_us_p50": ..., "rtt_us_p99": ..., "msgs_per_s": ...}, "pipe": {...}, ...}
@@ -23,6 +26,9 @@ import time
 import numpy as np
 
 MSG_BYTES = 64
+#: Client pause between round trips when measuring a sleeping peer: far
+#: longer than the ring's spin phase, so the echo side always blocks.
+ASLEEP_GAP_S = 0.002
 KIND = 1
 
 
@@ -131,7 +137,9 @@ def _pct(samples_ns) -> tuple[float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 99))
 
 
-def _ring_rtt(ctx, rtt_n: int, lean: bool) -> list:
+def _ring_rtt(ctx, rtt_n: int, lean: bool, gap_s: float = 0.0) -> list:
+    """Round-trip times (ns); with gap_s the client pauses between calls, so
+    the echo side has stopped spinning and sleeps in the kernel (futex)."""
     from wasm_engine.shm_protocol import Channel
 
     warm = rtt_n // 10
@@ -145,6 +153,8 @@ def _ring_rtt(ctx, rtt_n: int, lean: bool) -> list:
             ch.set_call_header(KIND)
             call = ch.call_bytes
             for i in range(rtt_n + warm):
+                if gap_s:
+                    time.sleep(gap_s)
                 t0 = clock()
                 call(msg, timeout_s=30)
                 if i >= warm:
@@ -187,7 +197,7 @@ def bench_ring(ctx, rtt_n: int, tput_n: int, batch: int, lean: bool = True) -> d
     return {"rtt_us_p50": p50, "rtt_us_p99": p99, "msgs_per_s": tput_n / dt, "batch": batch}
 
 
-def bench_pipe(ctx, rtt_n: int, tput_n: int, batch: int = 1) -> dict:
+def _pipe_rtt(ctx, rtt_n: int, gap_s: float = 0.0) -> list:
     warm = rtt_n // 10
     a, b = ctx.Pipe()
     p = ctx.Process(target=_pipe_echo, args=(b, rtt_n + warm))
@@ -196,12 +206,19 @@ def bench_pipe(ctx, rtt_n: int, tput_n: int, batch: int = 1) -> dict:
     times = []
     clock = time.perf_counter_ns
     for i in range(rtt_n + warm):
+        if gap_s:
+            time.sleep(gap_s)
         t0 = clock()
         a.send_bytes(msg)
         a.recv_bytes()
         if i >= warm:
             times.append(clock() - t0)
     p.join(30)
+    return times
+
+
+def bench_pipe(ctx, rtt_n: int, tput_n: int, batch: int = 1) -> dict:
+    times = _pipe_rtt(ctx, rtt_n)
     a, b = ctx.Pipe()
     p = ctx.Process(target=_pipe_produce, args=(b, tput_n, batch))
     p.start()
@@ -290,10 +307,11 @@ def main(argv=None) -> int:
     ap.add_argument("--rtt-n", type=int, default=20000, help="round trips per transport")
     ap.add_argument("--tput-n", type=int, default=2_000_000, help="messages for ring throughput")
     ap.add_argument("--slow-tput-n", type=int, default=200_000, help="messages for pipe/queue throughput")
+    ap.add_argument("--asleep-n", type=int, default=300, help="round trips to a sleeping peer")
     ap.add_argument("--batch", type=int, default=1024, help="records per ring push_batch")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args(argv)
-    if min(args.rtt_n, args.tput_n, args.slow_tput_n, args.batch) <= 0:
+    if min(args.rtt_n, args.tput_n, args.slow_tput_n, args.batch, args.asleep_n) <= 0:
         ap.error("counts must be positive")
     ctx = mp.get_context("spawn")
     res = {}
@@ -309,6 +327,12 @@ def main(argv=None) -> int:
     res["pipe"] = bench_pipe(ctx, args.rtt_n, args.slow_tput_n)
     res["pipe_batched"] = bench_pipe(ctx, 200, args.tput_n // 4 // args.batch * args.batch, args.batch)
     res["queue"] = bench_queue(ctx, args.rtt_n, args.slow_tput_n)
+    # Round trip to a peer that has gone to sleep (the client pauses 2 ms
+    # between calls): the kernel wake-up path, which no spinning hides. On a
+    # VM this is where a tick's handoffs between processes pay.
+    for key, times in (("ring", _ring_rtt(ctx, args.asleep_n, True, ASLEEP_GAP_S)),
+                       ("pipe", _pipe_rtt(ctx, args.asleep_n, ASLEEP_GAP_S))):
+        res[key]["asleep_rtt_us_p50"], res[key]["asleep_rtt_us_p99"] = _pct(times)
     z = bench_zmq(ctx, args.rtt_n, args.slow_tput_n)
     if z is not None:
         res["zmq_ipc"] = z
@@ -329,6 +353,9 @@ def main(argv=None) -> int:
     print(f"ring RTT is 1/{t['ring_rtt_vs_pipe']:.1f} of Pipe's (target ≥ 20); "
           f"ring throughput is {t['ring_tput_vs_queue']:.1f}x Queue's (target ≥ 20), "
           f"{r['msgs_per_s'] / 1e6:.2f} M msgs/s (target ≥ 5); took {time.perf_counter() - t_start:.1f} s")
+    print(f"round trip to a sleeping peer (futex / pipe wake-up), p50/p99 us: ring "
+          f"{r['asleep_rtt_us_p50']:.1f}/{r['asleep_rtt_us_p99']:.1f}, pipe "
+          f"{pi['asleep_rtt_us_p50']:.1f}/{pi['asleep_rtt_us_p99']:.1f}")
     if "zmq_ipc" not in res:
         print("pyzmq not installed: zmq row skipped", file=sys.stderr)
     if args.json:

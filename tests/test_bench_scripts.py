@@ -1,0 +1,22 @@
+"""Smoke test of the benchmark scripts' output contract (never of their figures)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_transport_json_shape():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/bench_transport.py"), "--json", "--rtt-n", "200",
+         "--tput-n", "20000", "--slow-tput-n", "2000", "--asleep-n", "10"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout.strip().splitlines()
+    res = json.loads(out[-1])
+    for k in ("ring", "ring_records", "pipe", "queue"):
+        assert {"rtt_us_p50", "rtt_us_p99", "msgs_per_s"} <= res[k].keys()
+        assert res[k]["rtt_us_p50"] > 0 and res[k]["msgs_per_s"] > 0
+    for k in ("ring", "pipe"):
+        assert res[k]["asleep_rtt_us_p50"] > 0
+    assert set(res["targets"]) >= {"ring_rtt_vs_pipe", "ring_tput_vs_queue"}
