@@ -2,11 +2,11 @@
 
 Only shm_protocol may import this package. It re-exports the cffi ``ffi`` and
 ``lib`` objects of the extension built from ``we_native.c`` at install time,
-and ``fast_exchange``, the request/response latency path compiled as a plain
-CPython function over the same C (see ``we_fastcall.c`` for why). Mapping
+and ``Exchanger``, the request/response latency path compiled as a plain
+CPython callable over the same C (see ``we_fastcall.c`` for why). Mapping
 status codes to exceptions is shm_protocol's job.
 """
 from ._atomics import ffi as ffi, lib as lib
-from ._fastcall import exchange as fast_exchange
+from ._fastcall import Exchanger as Exchanger
 
-__all__ = ["ffi", "lib", "fast_exchange"]
+__all__ = ["ffi", "lib", "Exchanger"]

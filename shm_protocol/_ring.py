@@ -11,7 +11,7 @@ import struct
 
 import numpy as np
 
-from ..native import fast_exchange, ffi, lib
+from ..native import Exchanger as _Exchanger, ffi, lib
 from ._errors import ProtocolError, RingClosedError, RingFullError, raise_for_status
 from ._layout import (
     KIND_MAX,
@@ -309,8 +309,15 @@ class Channel:
         if latency_path not in ("fast", "reference"):
             raise ValueError(f"latency_path must be 'fast' or 'reference', got {latency_path!r}")
         self.latency_path = latency_path
-        self._exchange_call = fast_exchange if latency_path == "fast" else self._exchange_reference
-        self._ctx_addr = int(ffi.cast("uintptr_t", self._ctx[0]))
+        self._exchanger = None
+        if latency_path == "fast":
+            # call_bytes / reply_recv_bytes / _exchange become one C callable
+            # bound to the context (native/we_fastcall.c): no Python frame on
+            # the latency path. It keeps its own record of the timeout the
+            # context holds, so the Python timeout cache below is unused.
+            self._exchanger = _Exchanger(int(ffi.cast("uintptr_t", self._ctx[0])), self._ctx[0], self._exchange_error, _timeout_ns,
+                                         DEFAULT_TIMEOUT_S)
+            self.call_bytes = self.reply_recv_bytes = self._exchange = self._exchanger
 
     @classmethod
     def create(cls, *, capacity_bytes: int = DEFAULT_CAPACITY_BYTES,
@@ -363,28 +370,27 @@ class Channel:
         self._ctx[0].timeout_ns = _timeout_ns(timeout_s)
         self._ctx_timeout_s = timeout_s
 
-    def _exchange_reference(self, addr: int, payload):
-        """The cffi path (reference for the fast one): bytes, or a negative status."""
-        x = self._ctx
-        if payload.__class__ is not bytes:
-            payload = ffi.from_buffer(payload)
-        n = _we_exchange(x[0], payload, len(payload))
-        return x[3][:n] if n >= 0 else n
-
-    def _exchange(self, payload, timeout_s) -> bytes | None:
+    def _exchange(self, payload, *, timeout_s=DEFAULT_TIMEOUT_S) -> bytes | None:
         """Send ``payload`` under the context's request header, return the
-        reply's payload (None on timeout); statuses become exceptions."""
-        addr = self._ctx_addr
-        if not addr:
+        reply's payload (None on timeout); statuses become exceptions.
+
+        This is the reference (cffi) path; on a "fast" channel the instance
+        attribute of the same name, the native Exchanger, replaces it.
+        """
+        x = self._ctx
+        if x is None:
             raise RingClosedError(f"channel {self.name} is closed")
         if timeout_s != self._ctx_timeout_s:
             self._set_timeout(timeout_s)
-        r = self._exchange_call(addr, payload)
-        if r.__class__ is bytes:
-            return r
-        return self._exchange_error(r, timeout_s)
+        if payload.__class__ is not bytes:
+            payload = ffi.from_buffer(payload)
+        n = _we_exchange(x[0], payload, len(payload))
+        return x[3][:n] if n >= 0 else self._exchange_error(n, timeout_s)
 
     def _exchange_error(self, rc: int, timeout_s) -> None:
+        """A negative exchange status as None (timeout) or an exception; 0 = closed."""
+        if rc == 0 or self._ctx is None:
+            raise RingClosedError(f"channel {self.name} is closed")
         if rc == lib.WE_ERR_EMPTY_TIMEOUT:
             return None
         if rc == lib.WE_ERR_FULL_TIMEOUT:
@@ -413,7 +419,7 @@ class Channel:
         except struct.error as e:
             raise ValueError(f"record header field out of range: {e}") from None
         x[5][:] = hdr
-        payload = self._exchange(payload, timeout_s)
+        payload = self._exchange(payload, timeout_s=timeout_s)
         if payload is None:
             return None
         k, flags, _n, src, dst, t, sq, _check = _HDR_UNPACK(x[4])
@@ -438,24 +444,21 @@ class Channel:
         buffer) under the preset header (:meth:`set_call_header`), return the
         reply's payload (None on timeout).
 
-        One native call, which spins with the GIL held and releases it only
-        to block; for latency-critical loops that need no per-message header
-        fields.
+        One native call; for latency-critical loops that need no
+        per-message header fields. On a "fast" channel the instance
+        attribute of the same name, a native callable with this signature,
+        replaces this method (which is the reference path).
         """
-        addr = self._ctx_addr
-        if addr and timeout_s == self._ctx_timeout_s:
-            r = self._exchange_call(addr, payload)
-            if r.__class__ is bytes:
-                return r
-            return self._exchange_error(r, timeout_s)
-        return self._exchange(payload, timeout_s)
+        return self._exchange(payload, timeout_s=timeout_s)
 
     #: Serving side of call_bytes.
     reply_recv_bytes = call_bytes
 
     def close(self) -> None:
         """Unmap; the owner also unlinks. Idempotent."""
-        self._ctx_addr = 0  # first: the fast path must never see a freed context
+        # First: the fast path must never see a freed context.
+        if self._exchanger is not None:
+            self._exchanger.close()
         self._ctx = None
         self.segment.close()
         if self.segment.owner:

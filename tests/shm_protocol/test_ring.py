@@ -366,3 +366,41 @@ def test_latency_path_releases_the_gil_while_it_blocks(path):
             t.join()
         finally:
             peer.close()
+
+
+def test_fast_call_bytes_argument_handling_timeouts_and_close():
+    import gc
+    import threading
+    import weakref
+
+    with Channel.create(capacity_bytes=1024, max_record_bytes=128) as ch:
+        peer = Channel.attach(ch.name)
+        try:
+            with pytest.raises(TypeError):
+                ch.call_bytes(b"a", b"b")
+            with pytest.raises(TypeError):
+                ch.call_bytes(b"a", timeout=1)
+            with pytest.raises(ValueError, match="timeout_s"):
+                ch.call_bytes(b"a", timeout_s=-1)
+            assert peer.recv.pop(timeout_s=0) is None  # a rejected call sends nothing
+            assert ch.call_bytes(b"a", timeout_s=0) is None  # sent; no reply yet
+            assert ch.call(1, b"b", timeout_s=0.001) is None
+            # Back to the default (30 s): a reply 50 ms late must still arrive,
+            # whichever of call / call_bytes last changed the context's timeout.
+            t = threading.Timer(0.05, lambda: peer.send.push(1, b"late", timeout_s=1))
+            t.start()
+            assert ch.call_bytes(b"c") == b"late"
+            t.join()
+            assert [r.payload for r in peer.recv.pop_batch(timeout_s=0).records()] == [b"a", b"b", b"c"]
+        finally:
+            peer.close()
+        held = ch.call_bytes
+    with pytest.raises(RingClosedError):
+        held(b"x")
+    # The channel <-> exchanger cycle is collectable.
+    ch2 = Channel.create(capacity_bytes=1024, max_record_bytes=128)
+    ref = weakref.ref(ch2)
+    ch2.close()
+    del ch2
+    gc.collect()
+    assert ref() is None
