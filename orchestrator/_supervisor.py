@@ -328,52 +328,24 @@ class Supervisor:
                 stats["traps"] += int((h["kind"] == K_TRAP).sum())
                 # 4. admit messages under the tick's budget (backlog first: older seqs)
                 is_msg = h["kind"] == K_MSG
-                cands = RecordBatch.concat([backlog.pop(stage, RecordBatch.empty()), outs.take(np.flatnonzero(is_msg))])
-                cands = _sort(cands, ("source", "seq"))
-                src = cands.headers["source"].astype(np.int64)
-                ok = admit(sc.scheduler, src, remaining, tick, n, self.priority_of)
-                if budget > 0:
-                    remaining = max(0, remaining - int(ok.sum()))
-                committed = cands.take(np.flatnonzero(ok))
-                rest = cands.take(np.flatnonzero(~ok))
-                keep = backlog_keep(rest.headers["source"], self.backlog_limit)
-                if len(rest):
-                    backlog[stage] = rest.take(np.flatnonzero(keep))
-                    dropped = rest.take(np.flatnonzero(~keep))
-                    stats["deferred"] += int(keep.sum())
-                    stats["dropped"] += len(dropped)
-                else:
-                    dropped = RecordBatch.empty()
+                committed, deferred, dropped, remaining = self._admit(
+                    outs.take(np.flatnonzero(is_msg)), backlog, stage, remaining, budget, self.backlog_limit, tick)
+                stats["deferred"] += len(deferred)
+                stats["dropped"] += len(dropped)
                 # 5. route
                 self._route(committed, tick, stage, pending)
                 stats["messages"] += len(committed)
                 # 4b. admit inference requests under the tick's inference budget
                 is_inf = h["kind"] == K_INFER
-                icands = _sort(RecordBatch.concat([inf_backlog.pop(stage, RecordBatch.empty()),
-                                                   outs.take(np.flatnonzero(is_inf))]), ("source", "seq"))
-                iok = admit(sc.scheduler, icands.headers["source"].astype(np.int64), inf_remaining, tick, n,
-                            self.priority_of)
-                if sc.inference_budget_per_tick > 0:
-                    inf_remaining = max(0, inf_remaining - int(iok.sum()))
-                iadm = icands.take(np.flatnonzero(iok))
-                irest = icands.take(np.flatnonzero(~iok))
-                ikeep = backlog_keep(irest.headers["source"], self.infer_limit)
-                if len(irest):
-                    inf_backlog[stage] = irest.take(np.flatnonzero(ikeep))
+                iadm, idef, idrop, inf_remaining = self._admit(
+                    outs.take(np.flatnonzero(is_inf)), inf_backlog, stage, inf_remaining,
+                    sc.inference_budget_per_tick, self.infer_limit, tick)
+                stats["dropped"] += len(idrop)
                 tick_requests.append(iadm)
                 others = outs.take(np.flatnonzero(~is_msg & ~is_inf))
-                committed.headers["flags"] = FLAG_COMMITTED
-                deferred = rest.take(np.flatnonzero(keep))
-                deferred.headers["flags"] = FLAG_DEFERRED
-                dropped.headers["flags"] = FLAG_DROPPED
-                iadm_log = iadm.take(np.arange(len(iadm)))
-                iadm_log.headers["flags"] = FLAG_COMMITTED
-                idef = irest.take(np.flatnonzero(ikeep))
-                idef.headers["flags"] = FLAG_DEFERRED
-                idrop = irest.take(np.flatnonzero(~ikeep))
-                idrop.headers["flags"] = FLAG_DROPPED
-                stats["dropped"] += len(idrop)
-                logged.append(RecordBatch.concat([others, committed, deferred, dropped, iadm_log, idef, idrop]))
+                logged.append(_flagged([(others, None), (committed, FLAG_COMMITTED), (deferred, FLAG_DEFERRED),
+                                        (dropped, FLAG_DROPPED), (iadm, FLAG_COMMITTED), (idef, FLAG_DEFERRED),
+                                        (idrop, FLAG_DROPPED)]))
             # 6. submit this tick's admitted requests; results are due at tick + latency
             requests = _sort(RecordBatch.concat(tick_requests), ("source", "seq"))
             if len(requests) and tick + latency < sc.ticks:
@@ -410,6 +382,29 @@ class Supervisor:
             extra={"inference_requests": stats["inference_requests"],
                    "models": self.inference.info if self.inference is not None else []},
         )
+
+    def _admit(self, fresh: RecordBatch, held: dict, stage: int, remaining: int, budget_per_tick: int,
+               held_limit: int, tick: int) -> tuple[RecordBatch, RecordBatch, RecordBatch, int]:
+        """Admit a stage's candidates under a per-tick budget (0 = unlimited),
+        held-back ones first (older seqs), in canonical order.
+
+        Returns (admitted, deferred, dropped, remaining budget). Deferred
+        records stay in ``held[stage]`` for the next tick; what exceeds
+        ``held_limit`` per source is dropped (``backlog_keep``).
+        """
+        cands = _sort(RecordBatch.concat([held.pop(stage, RecordBatch.empty()), fresh]), ("source", "seq"))
+        ok = admit(self.sc.scheduler, cands.headers["source"].astype(np.int64), remaining, tick,
+                   self.sc.total_agents, self.priority_of)
+        if budget_per_tick > 0:
+            remaining = max(0, remaining - int(ok.sum()))
+        admitted = cands.take(np.flatnonzero(ok))
+        rest = cands.take(np.flatnonzero(~ok))
+        if not len(rest):
+            return admitted, rest, rest, remaining
+        keep = backlog_keep(rest.headers["source"], held_limit)
+        deferred = rest.take(np.flatnonzero(keep))
+        held[stage] = deferred
+        return admitted, deferred, rest.take(np.flatnonzero(~keep)), remaining
 
     def _deliver_results(self, results: RecordBatch, tick: int, pending) -> None:
         """Inference results become inbox messages from INFERENCE_SENDER (docs/ABI.md):
@@ -449,6 +444,19 @@ class Supervisor:
             link.request_final()
         st = np.concatenate([unchunk(link.collect(), K_STATE, STATE_DTYPE) for link in links])
         return np.sort(st, order="agent")
+
+
+def _flagged(parts) -> RecordBatch:
+    """One new batch of the parts, each part's records flagged as given
+    (None: flags kept). The parts themselves are not modified."""
+    out = RecordBatch.concat([b for b, _ in parts])
+    flags = out.headers["flags"]
+    start = 0
+    for b, flag in parts:
+        if flag is not None:
+            flags[start:start + len(b)] = flag
+        start += len(b)
+    return out
 
 
 def _sort(batch: RecordBatch, keys: tuple[str, ...]) -> RecordBatch:
