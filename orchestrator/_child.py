@@ -79,7 +79,8 @@ class _ChildProcess:
                 if e + 1 != len(b):
                     raise GroupFailedError(f"{self.label} sent records after its end marker", self.index)
                 parts.append(b.slice(0, e))
-                return RecordBatch.concat(parts), b.slice(e, e + 1)
+                # Popped batches are this process's own copies: no need for another.
+                return RecordBatch.concat(parts, copy=False), b.slice(e, e + 1)
             parts.append(b)
 
     def close(self) -> None:

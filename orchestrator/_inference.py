@@ -90,9 +90,9 @@ class ProcessInference(_ChildProcess):
         self.info = json.loads(ready.payload_of(0))
 
     def submit(self, tick: int, requests: RecordBatch) -> None:
-        reqs = requests.take(np.arange(len(requests)))
-        reqs.headers["kind"] = K_INF_REQUEST
-        self._push(RecordBatch.concat([reqs, RecordBatch.single(K_INF_EXECUTE, tick=tick)]))
+        out = RecordBatch.concat([requests, RecordBatch.single(K_INF_EXECUTE, tick=tick)])  # a copy
+        out.headers["kind"][:len(requests)] = K_INF_REQUEST
+        self._push(out)
 
     def results(self, tick: int) -> RecordBatch:
         """Results of the requests submitted at ``tick``; waits for them if late.
@@ -105,7 +105,7 @@ class ProcessInference(_ChildProcess):
             start = 0
             for d in np.flatnonzero(b.headers["kind"] == K_INF_DONE).tolist():
                 self._partial.append(b.slice(start, d))
-                self._ready[int(b.headers[d]["tick"])] = RecordBatch.concat(self._partial)
+                self._ready[int(b.headers[d]["tick"])] = RecordBatch.concat(self._partial, copy=False)
                 self._partial = []
                 start = d + 1
             if start < len(b):

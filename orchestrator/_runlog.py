@@ -33,21 +33,26 @@ def _h(person: bytes):
     return hashlib.blake2b(digest_size=32, person=person)
 
 
+def _headers_unchecked(batch: RecordBatch) -> np.ndarray:
+    """The headers with the transport's check field zeroed (copied only if some is not)."""
+    hd = batch.headers
+    if hd["check"].any():
+        hd = hd.copy()
+        hd["check"] = 0
+    return hd
+
+
 def hash_records(h, batch: RecordBatch) -> None:
     """Fold records into a hash: headers with the transport's check field zeroed, then payloads."""
     if not len(batch):
         return
-    hd = batch.headers.copy()
-    hd["check"] = 0
     h.update(len(batch).to_bytes(8, "little"))
-    h.update(hd.tobytes())
-    h.update(batch.payload.tobytes())
+    h.update(_headers_unchecked(batch))
+    h.update(batch.payload)
 
 
 def encode_records(batch: RecordBatch) -> bytes:
-    hd = batch.headers.copy()
-    hd["check"] = 0
-    return len(batch).to_bytes(8, "little") + hd.tobytes() + batch.payload.tobytes()
+    return b"".join((len(batch).to_bytes(8, "little"), _headers_unchecked(batch), batch.payload))
 
 
 def decode_records(data) -> RecordBatch:
@@ -61,14 +66,15 @@ def decode_records(data) -> RecordBatch:
 def tick_sections(records: RecordBatch, fuel: np.ndarray, status: np.ndarray, inputs_digest: bytes,
                   final: np.ndarray | None, inference: RecordBatch | None = None) -> tuple[dict[int, bytes], bytes]:
     rec = encode_records(records)
+    fuel_b = fuel.astype("<u4").tobytes()
+    status_b = status.astype(np.uint8).tobytes()
     rd = _h(b"we-records")
     rd.update(rec)
     sd = _h(b"we-state")
-    sd.update(fuel.astype("<u4").tobytes())
-    sd.update(status.astype(np.uint8).tobytes())
+    sd.update(fuel_b)
+    sd.update(status_b)
     digests = inputs_digest + rd.digest() + sd.digest()
-    sections = {S_RECORDS: rec, S_FUEL: fuel.astype("<u4").tobytes(), S_STATUS: status.astype(np.uint8).tobytes(),
-                S_DIGESTS: digests}
+    sections = {S_RECORDS: rec, S_FUEL: fuel_b, S_STATUS: status_b, S_DIGESTS: digests}
     if final is not None:
         sections[S_FINAL] = final.tobytes()
     if inference is not None:

@@ -300,11 +300,13 @@ class Supervisor:
                 inf_results.headers["check"] = 0
                 self._deliver_results(inf_results, tick, pending)
             for stage in self.stages:
-                deliveries = RecordBatch.concat(pending.pop((tick, stage), []))
+                deliveries = RecordBatch.concat(pending.pop((tick, stage), []), copy=False)
                 deliveries = _sort(deliveries, ("destination", "source", "seq"))
                 _runlog.hash_records(inputs_digest, deliveries)
                 # 1-2. deliver + run, every group at once
-                if len(deliveries):
+                if self.n_groups == 1:
+                    bounds = np.array([0, len(deliveries)])
+                elif len(deliveries):
                     by_group = self.group_of[deliveries.headers["destination"].astype(np.int64)]
                     order = np.argsort(by_group, kind="stable")
                     deliveries = deliveries.take(order)
@@ -314,7 +316,7 @@ class Supervisor:
                 for g, link in enumerate(links):
                     link.run_stage(tick, stage, deliveries.slice(bounds[g], bounds[g + 1]))
                 # 3. gather, then canonical order: nothing depends on which group answered first
-                outs = RecordBatch.concat([link.collect() for link in links])
+                outs = RecordBatch.concat([link.collect() for link in links], copy=False)
                 kinds = outs.headers["kind"]
                 f = unchunk(outs, K_FUEL, FUEL_DTYPE)
                 fuel[f["agent"]] += f["fuel"]
@@ -323,13 +325,15 @@ class Supervisor:
                 outs.headers["check"] = 0
                 outs = _sort(outs, ("source", "seq"))
                 h = outs.headers
-                status[h["source"][h["kind"] == K_TRAP]] = AgentStatus.QUARANTINED
+                is_trap = h["kind"] == K_TRAP
+                if is_trap.any():
+                    status[h["source"][is_trap]] = AgentStatus.QUARANTINED
+                    stats["traps"] += int(is_trap.sum())
                 status[h["source"][h["kind"] == K_HALT]] = AgentStatus.HALTED
-                stats["traps"] += int((h["kind"] == K_TRAP).sum())
                 # 4. admit messages under the tick's budget (backlog first: older seqs)
                 is_msg = h["kind"] == K_MSG
                 committed, deferred, dropped, remaining = self._admit(
-                    outs.take(np.flatnonzero(is_msg)), backlog, stage, remaining, budget, self.backlog_limit, tick)
+                    _select(outs, is_msg), backlog, stage, remaining, budget, self.backlog_limit, tick)
                 stats["deferred"] += len(deferred)
                 stats["dropped"] += len(dropped)
                 # 5. route
@@ -338,21 +342,21 @@ class Supervisor:
                 # 4b. admit inference requests under the tick's inference budget
                 is_inf = h["kind"] == K_INFER
                 iadm, idef, idrop, inf_remaining = self._admit(
-                    outs.take(np.flatnonzero(is_inf)), inf_backlog, stage, inf_remaining,
+                    _select(outs, is_inf), inf_backlog, stage, inf_remaining,
                     sc.inference_budget_per_tick, self.infer_limit, tick)
                 stats["dropped"] += len(idrop)
                 tick_requests.append(iadm)
-                others = outs.take(np.flatnonzero(~is_msg & ~is_inf))
+                others = _select(outs, ~is_msg & ~is_inf)
                 logged.append(_flagged([(others, None), (committed, FLAG_COMMITTED), (deferred, FLAG_DEFERRED),
                                         (dropped, FLAG_DROPPED), (iadm, FLAG_COMMITTED), (idef, FLAG_DEFERRED),
                                         (idrop, FLAG_DROPPED)]))
             # 6. submit this tick's admitted requests; results are due at tick + latency
-            requests = _sort(RecordBatch.concat(tick_requests), ("source", "seq"))
+            requests = _sort(RecordBatch.concat(tick_requests, copy=False), ("source", "seq"))
             if len(requests) and tick + latency < sc.ticks:
                 self.inference.submit(tick, requests)
                 submitted.add(tick)
                 stats["inference_requests"] += len(requests)
-            records = _sort(RecordBatch.concat(logged), ("source", "seq", "flags"))
+            records = _sort(RecordBatch.concat(logged, copy=False), ("source", "seq", "flags"))
             final = None
             if tick == sc.ticks - 1:
                 final = self._final_states(links)
@@ -392,11 +396,16 @@ class Supervisor:
         records stay in ``held[stage]`` for the next tick; what exceeds
         ``held_limit`` per source is dropped (``backlog_keep``).
         """
-        cands = _sort(RecordBatch.concat([held.pop(stage, RecordBatch.empty()), fresh]), ("source", "seq"))
+        cands = RecordBatch.concat([held.pop(stage, RecordBatch.empty()), fresh], copy=False)
+        cands = _sort(cands, ("source", "seq"))
+        if not len(cands):
+            return cands, cands, cands, remaining
         ok = admit(self.sc.scheduler, cands.headers["source"].astype(np.int64), remaining, tick,
                    self.sc.total_agents, self.priority_of)
         if budget_per_tick > 0:
             remaining = max(0, remaining - int(ok.sum()))
+        if ok.all():
+            return cands, RecordBatch.empty(), RecordBatch.empty(), remaining
         admitted = cands.take(np.flatnonzero(ok))
         rest = cands.take(np.flatnonzero(~ok))
         if not len(rest):
@@ -421,6 +430,9 @@ class Supervisor:
         mh["flags"] = 0
         mh["source"] = INFERENCE_SENDER
         mh["tick"] = tick
+        if len(self.stages) == 1:
+            pending.setdefault((tick, self.stages[0]), []).append(msgs)
+            return
         dst_stage = self.stage_of[mh["destination"].astype(np.int64)]
         for s in sorted(set(dst_stage.tolist())):
             pending.setdefault((tick, s), []).append(msgs.take(np.flatnonzero(dst_stage == s)))
@@ -446,9 +458,23 @@ class Supervisor:
         return np.sort(st, order="agent")
 
 
+def _select(batch: RecordBatch, mask: np.ndarray) -> RecordBatch:
+    """The records where mask is true; ``batch`` itself when that is all of them
+    (so, like ``concat(copy=False)``, only for batches nobody modifies afterwards)."""
+    if mask.all():
+        return batch
+    return batch.take(np.flatnonzero(mask))
+
+
 def _flagged(parts) -> RecordBatch:
-    """One new batch of the parts, each part's records flagged as given
-    (None: flags kept). The parts themselves are not modified."""
+    """The parts' records as one batch, each part's records flagged as given
+    (None: flags kept). The parts themselves are not modified: a lone
+    non-empty part that already carries its flag is returned itself."""
+    full = [(b, flag) for b, flag in parts if len(b)]
+    if len(full) == 1:
+        b, flag = full[0]
+        if flag is None or not (b.headers["flags"] != flag).any():
+            return b
     out = RecordBatch.concat([b for b, _ in parts])
     flags = out.headers["flags"]
     start = 0

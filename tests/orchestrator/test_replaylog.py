@@ -515,3 +515,25 @@ def test_section_length_past_frame_without_verify(small_log: Path, tmp_path: Pat
     with LogReader(bad) as r:
         with pytest.raises(ReplayLogError, match="frame checksum mismatch"):
             r.read_tick(0)
+
+
+def test_run_sections_ignore_the_transport_check_field():
+    # The ring's check field is transport detail: records hash and encode the
+    # same whatever it holds, and encoding leaves the batch itself untouched.
+    import hashlib
+
+    from wasm_engine.orchestrator import _runlog
+    from wasm_engine.shm_protocol import Record, RecordBatch
+
+    batch = RecordBatch.from_records([Record(17, b"abc", source=1, seq=2), Record(18, b"", source=3, seq=0)])
+    checked = RecordBatch(batch.headers.copy(), batch.payload.copy())
+    checked.headers["check"] = [0xDEADBEEF, 7]
+    assert _runlog.encode_records(checked) == _runlog.encode_records(batch)
+    assert list(checked.headers["check"]) == [0xDEADBEEF, 7]
+    digests = []
+    for b in (batch, checked):
+        h = hashlib.blake2b(digest_size=32)
+        _runlog.hash_records(h, b)
+        digests.append(h.digest())
+    assert digests[0] == digests[1]
+    assert _runlog.decode_records(_runlog.encode_records(checked)) == batch

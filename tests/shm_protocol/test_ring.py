@@ -256,6 +256,55 @@ def test_native_take_matches_numpy_reference(sizes, data):
     assert fast == ref and fast.records() == [recs[i] for i in idx]
 
 
+def _batch_of(sizes, kind_base=1):
+    recs = [Record(kind_base + i % 5, bytes((i * 7 + j) & 0xFF for j in range(n)), source=i % 3,
+                   destination=i, tick=i * 11, seq=i, flags=i % 2) for i, n in enumerate(sizes)]
+    return recs, RecordBatch.from_records(recs)
+
+
+@settings(max_examples=150, deadline=None)
+@given(sizes=st.lists(st.integers(0, 40), max_size=20), uniform=st.booleans(), k=st.integers(0, 20))
+def test_with_prefix_matches_record_by_record(sizes, uniform, k):
+    # Equal payload lengths take a block-copy path, others a scatter: both
+    # must give what prefixing each record's payload by hand gives.
+    if uniform and sizes:
+        sizes = [sizes[0]] * len(sizes)
+    recs, b = _batch_of(sizes)
+    prefix = np.arange(len(recs) * k, dtype=np.int64).astype(np.uint8).reshape(len(recs), k)
+    out = b.with_prefix(prefix)
+    assert out.records() == [r._replace(payload=bytes(prefix[i]) + r.payload) for i, r in enumerate(recs)]
+    assert b.records() == recs  # the input is untouched
+
+
+@settings(max_examples=150, deadline=None)
+@given(parts=st.lists(st.lists(st.integers(0, 30), max_size=6), max_size=5))
+def test_concat_matches_records_and_never_aliases(parts):
+    batches = [_batch_of(sizes, kind_base=1 + j)[1] for j, sizes in enumerate(parts)]
+    out = RecordBatch.concat(batches)
+    assert out.records() == [r for b in batches for r in b.records()]
+    if len(out):
+        # Always a new batch, even of a single non-empty part: callers modify it.
+        out.headers["flags"] = 0xFFFF
+        out.payload[...] = 0xAA
+        assert all(not (b.headers["flags"] == 0xFFFF).any() for b in batches if len(b))
+
+
+def test_take_accepts_negative_indices_like_numpy():
+    recs, b = _batch_of([3, 0, 5, 2])
+    assert b.take(np.array([-1, 0, -2])).records() == [recs[-1], recs[0], recs[-2]]
+    with pytest.raises(IndexError):
+        b.take(np.array([4]))
+
+
+def test_single_checks_kind_and_copies_payload():
+    buf = bytearray(b"abc")
+    b = RecordBatch.single(9, bytes(buf), tick=5, flags=2)
+    assert b.records() == [Record(9, b"abc", tick=5, flags=2)]
+    for kind in (0, 0xFFFF):
+        with pytest.raises(ValueError):
+            RecordBatch.single(kind)
+
+
 def test_push_all_waits_while_the_peer_lives_and_stops_when_it_goes(ring):
     calls = []
     big = RecordBatch.from_records([Record(1, b"p" * 200, seq=i) for i in range(40)])  # > one ring's worth
