@@ -18,6 +18,9 @@ import operator
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+
+import numpy as np
 
 from ._errors import InferenceError
 from ._llm import CausalLM
@@ -126,30 +129,76 @@ class InferenceEngine:
         payloads = [req.payload for req in requests]
         if n and set(map(type, indices)) == {int} and set(map(type, payloads)) == {bytes} \
                 and indices.count(indices[0]) == n and 0 <= indices[0] < len(self._models) \
+                and isinstance(self._models[indices[0]], TensorModel) and len(set(map(len, payloads))) == 1:
+            # One tensor model, payloads of one length: perhaps the usual tick, served as one batch.
+            size = len(payloads[0])
+            rows = self.execute_uniform(indices[0], np.frombuffer(b"".join(payloads), np.uint8).reshape(n, size),
+                                        self.max_result_bytes)
+            if rows is not None:
+                data, width = rows.tobytes(), rows.shape[1]
+                return _results(requests, zip(repeat(Status.OK), [data[j * width:(j + 1) * width]
+                                                                  for j in range(n)]))
+        return _results(requests, self.outcomes(indices, payloads))
+
+    def outcomes(self, indices: list, payloads: list) -> list[tuple[int, bytes]]:
+        """`execute` without the Request and Result objects: request i is
+        (indices[i], payloads[i]); returns its (status, payload), in order.
+
+        For callers that hold requests as arrays (the inference process) and
+        would only build those objects to take them apart again.
+        """
+        n = len(indices)
+        if n != len(payloads):
+            raise ValueError(f"{n} model indices for {len(payloads)} payloads")
+        if n and set(map(type, indices)) == {int} and set(map(type, payloads)) == {bytes} \
+                and indices.count(indices[0]) == n and 0 <= indices[0] < len(self._models) \
                 and max(map(len, payloads)) <= MAX_REQUEST_BYTES:
             # The usual tick: every request is for one model, with an int index
             # and a bytes payload within the size limit, so _precheck passes all.
-            outcomes = self._run_model(indices[0], payloads, all_bytes=True)
-        else:
-            outcomes = self._execute_mixed(requests)
-        return _results(requests, outcomes)
+            return self._run_model(indices[0], payloads, all_bytes=True)
+        return self._execute_mixed(indices, payloads)
 
-    def _execute_mixed(self, requests: list[Request]) -> list[tuple[int, bytes] | None]:
-        outcomes: list[tuple[int, bytes] | None] = [None] * len(requests)
+    def execute_uniform(self, model_index: int, payloads: np.ndarray, max_result_bytes: int) -> np.ndarray | None:
+        """The usual tick without a Python object per request, or None.
+
+        payloads: (n, size) uint8 array, one request for model `model_index`
+        per row.  Returns an (n, result_size) uint8 array whose row j is the
+        payload `outcomes` gives request j, every status OK; or None where
+        that cannot be done in one batch (another model kind, verification
+        of batching still running, any error, a result over
+        max_result_bytes or the engine's limit, ...): then `outcomes` must be
+        used, and nothing has changed (see TensorModel.execute_uniform).
+        """
+        if not 0 <= model_index < len(self._models) or payloads.shape[1] > MAX_REQUEST_BYTES:
+            return None
+        model = self._models[model_index]
+        if not isinstance(model, TensorModel):
+            return None
+        try:
+            return model.execute_uniform(np.ascontiguousarray(payloads, dtype=np.uint8),
+                                         min(max_result_bytes, self.max_result_bytes))
+        except Exception:
+            # A bug in the fast path: the general path still serves the tick.
+            LOGGER.exception("internal error in the uniform-batch path of model %r; using the general path",
+                             model.spec.id)
+            return None
+
+    def _execute_mixed(self, indices: list, payloads: list) -> list[tuple[int, bytes] | None]:
+        outcomes: list[tuple[int, bytes] | None] = [None] * len(indices)
         by_model: dict[int, list[int]] = {}
-        for i, req in enumerate(requests):
-            outcome = self._precheck(req)
+        for i, (model_index, payload) in enumerate(zip(indices, payloads)):
+            outcome = self._precheck(model_index, payload)
             if outcome is not None:
                 outcomes[i] = outcome
             else:
-                by_model.setdefault(operator.index(req.model_index), []).append(i)
+                by_model.setdefault(operator.index(model_index), []).append(i)
 
         # Models run in order of first appearance, requests in canonical order
         # within a model.  Results do not depend on this order (each request's
         # result is a function of the request alone) but a fixed order keeps
         # timing and logs reproducible too.
         for model_index, members in by_model.items():
-            group = self._run_model(model_index, [requests[i].payload for i in members])
+            group = self._run_model(model_index, [payloads[i] for i in members])
             for i, outcome in zip(members, group):
                 outcomes[i] = outcome
         return outcomes
@@ -168,17 +217,17 @@ class InferenceEngine:
             failure = (Status.INTERNAL, error_payload("internal inference error (see inference log)"))
             return [failure] * len(payloads)
 
-    def _precheck(self, req: Request) -> tuple[int, bytes] | None:
+    def _precheck(self, model_index, payload) -> tuple[int, bytes] | None:
         """Checks that need no model: index and size.  None if the request may proceed."""
         try:
-            index = operator.index(req.model_index)
+            index = operator.index(model_index)
         except TypeError:
             index = -1
         if not 0 <= index < len(self._models):
             return Status.UNKNOWN_MODEL, error_payload(
-                f"unknown model index {req.model_index} (engine has {len(self._models)} model(s))")
+                f"unknown model index {model_index} (engine has {len(self._models)} model(s))")
         try:
-            size = memoryview(req.payload).nbytes
+            size = memoryview(payload).nbytes
         except TypeError:
             return Status.MALFORMED, error_payload("payload is not a bytes-like object")
         if size > MAX_REQUEST_BYTES:

@@ -13,6 +13,7 @@ and raises `PayloadError` (carrying a `Status`) rather than anything else.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import struct
 from dataclasses import dataclass
@@ -110,6 +111,8 @@ DTYPE_CODES: dict[int, np.dtype] = {
     12: np.dtype("<u4"),  # UINT32
     13: np.dtype("<u8"),  # UINT64
 }
+# The same dtypes in native byte order, which decoded arrays use.
+_NATIVE_DTYPES: dict[int, np.dtype] = {c: dt.newbyteorder("=") for c, dt in DTYPE_CODES.items()}
 _CODE_BY_KIND: dict[tuple[str, int], int] = {(dt.kind, dt.itemsize): c for c, dt in DTYPE_CODES.items()}
 
 # ONNX Runtime's type strings ("tensor(float)") for the same codes.
@@ -147,8 +150,11 @@ def aligned_empty(shape: tuple[int, ...] | list[int], dtype: np.dtype | type) ->
     dt = np.dtype(dtype)
     nbytes = math.prod(shape) * dt.itemsize
     raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
-    start = (-raw.ctypes.data) % ALIGNMENT
-    return raw[start:start + nbytes].view(dt).reshape(shape)
+    # This runs for every array of every tick: the address through ctypes.c_char
+    # costs a fraction of raw.ctypes.data, and one ndarray call less than slicing,
+    # viewing and reshaping raw (same array, same errors for unshapeable dims).
+    start = (-ctypes.addressof(ctypes.c_char.from_buffer(raw))) % ALIGNMENT
+    return np.ndarray(shape, dt, raw, start)
 
 
 def aligned_copy(a: np.ndarray, dtype: np.dtype | type | None = None) -> np.ndarray:
@@ -282,21 +288,22 @@ def decode_tensors(payload: bytes | bytearray | memoryview) -> list[np.ndarray]:
 
 
 def decode_tensor_rows(buf: bytes | bytearray | memoryview, n: int, size: int, records: list[TensorRecord],
-                       select: np.ndarray | None = None) -> list[np.ndarray]:
+                       select: np.ndarray | None = None, into: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """Decode many payloads that share one header layout, at once.
 
     buf holds n payloads of `size` bytes back to back, all with the header
     bytes that `records` (parsed from one of them) describe; select: which of
     them (None: all).  Returns one array per tensor, [m, *dims] for the m
     selected payloads, 64-byte aligned; element j along axis 0 equals what
-    `decode_tensors` gives for payload j.
+    `decode_tensors` gives for payload j.  into: arrays to fill and return
+    instead of new ones (as `decode_tensor_arrays` makes them).
     """
     m = n if select is None else len(select)
     mat = None
     out: list[np.ndarray] = []
-    for code, dims, off, nbytes in records:
+    for k, (code, dims, off, nbytes) in enumerate(records):
         dt = DTYPE_CODES[code]
-        arr = aligned_empty((m,) + tuple(dims), dt.newbyteorder("="))
+        arr = aligned_empty((m,) + tuple(dims), _NATIVE_DTYPES[code]) if into is None else into[k]
         if nbytes and m:
             src = np.uint8 if code == 9 else dt
             if select is None:
@@ -311,6 +318,11 @@ def decode_tensor_rows(buf: bytes | bytearray | memoryview, n: int, size: int, r
             arr.reshape(m, -1)[...] = (raw != 0) if code == 9 else raw
         out.append(arr)
     return out
+
+
+def decode_tensor_arrays(m: int, records: list[TensorRecord]) -> list[np.ndarray]:
+    """Uninitialised arrays of the shapes and dtypes decode_tensor_rows returns for m payloads."""
+    return [aligned_empty((m,) + tuple(dims), _NATIVE_DTYPES[code]) for code, dims, _, _ in records]
 
 
 # encode_tensor_rows: (dtype, per-row shape) of each array -> (header bytes per
@@ -369,6 +381,56 @@ def encode_tensor_rows(arrays: list[np.ndarray] | tuple[np.ndarray, ...]) -> lis
     sizes = [len(d) // n for d in datas]
     return [b"".join([x for h, d, nb in zip(heads, datas, sizes) for x in (h, d[j * nb:(j + 1) * nb])])
             for j in range(n)]
+
+
+# encode_tensor_matrix: the same signatures -> (result width, per array: header
+# columns lo..hi, header bytes as uint8, end of its data columns, elements per
+# row, little-endian dtype); None for arrays encode_tensors rejects.  Bounded
+# like _ROW_HEADERS.
+_MATRIX_PLANS: dict[tuple, tuple[int, list[tuple]] | None] = {}
+
+
+def _matrix_plan(sig: tuple, arrays) -> tuple[int, list[tuple]] | None:
+    try:
+        return _MATRIX_PLANS[sig]
+    except KeyError:
+        pass
+    layout = _row_headers(arrays)
+    plan: tuple[int, list[tuple]] | None = None
+    if layout is not None:
+        parts, pos = [], 0
+        for a, head, le in zip(arrays, *layout):
+            count = math.prod(a.shape[1:])
+            parts.append((pos, pos + len(head), np.frombuffer(head, np.uint8), pos + len(head) + count * le.itemsize,
+                          count, le))
+            pos = parts[-1][3]
+        plan = (pos, parts)
+    if len(_MATRIX_PLANS) >= _ROW_HEADERS_MAX:
+        _MATRIX_PLANS.clear()
+    _MATRIX_PLANS[sig] = plan
+    return plan
+
+
+def encode_tensor_matrix(arrays: list[np.ndarray] | tuple[np.ndarray, ...]) -> np.ndarray | None:
+    """`encode_tensor_rows(arrays)` as one (n, size) uint8 matrix: row j is payload j.
+
+    For callers that want the n payloads back to back (a record batch) with
+    no bytes object per row: the shared headers are broadcast down their
+    columns and each array's element data is one strided copy.  None where
+    `encode_tensors` would reject the arrays (the caller takes its error path).
+    """
+    plan = _matrix_plan(tuple((a.dtype, a.shape[1:]) for a in arrays), arrays)
+    if plan is None:
+        return None
+    width, parts = plan
+    n = arrays[0].shape[0]
+    out = np.empty((n, width), np.uint8)
+    for a, (lo, hi, head, end, count, le) in zip(arrays, parts):
+        out[:, lo:hi] = head
+        if end > hi and n:
+            # Little-endian C order, as encode_tensors writes it.
+            out[:, hi:end] = np.ascontiguousarray(a, dtype=le).reshape(n, count).view(np.uint8)
+    return out
 
 
 # --------------------------------------------------------------------------

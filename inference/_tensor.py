@@ -22,6 +22,13 @@ once and their element data is copied out of the stacked payload bytes by
 numpy; results of a batch are encoded with one header for all.  The bytes
 are exactly those of `decode_tensors` / `encode_tensors` one request at a
 time.
+
+The usual tick (every request for this model, one payload length, one
+header, batching verified for its shape) has a path with no Python object
+per request, `execute_uniform`: payloads in, as one (n, size) byte matrix,
+results out as another.  It only serves ticks on which `execute` would run
+the same single batch (or the one request alone) and return OK for all; it
+leaves every other tick, verification included, to `execute`.
 """
 
 
@@ -44,7 +51,9 @@ from ._payloads import (
     TensorRecord,
     aligned_copy,
     aligned_empty,
+    decode_tensor_arrays,
     decode_tensor_rows,
+    encode_tensor_matrix,
     encode_tensor_rows,
     encode_tensors,
     error_payload,
@@ -73,6 +82,11 @@ _STACKABLE_EMPTY = 1 << 32
 # and payload lengths in all.
 _LAYOUTS_PER_LENGTH = 8
 _LAYOUT_LENGTHS = 256
+
+# execute_uniform decodes into input arrays kept from the previous tick when
+# they are no larger than this: a fresh buffer each tick costs more than the
+# allocation itself (ONNX Runtime then runs measurably slower on it, here).
+_SCRATCH_MAX_BYTES = 1 << 20
 
 
 def _fmt_shape(shape: tuple) -> str:
@@ -136,6 +150,8 @@ class TensorModel:
         # shape key -> requests verified so far (>= 0), or -1: batching changes results.
         self.batch_verified: dict[tuple, int] = {}
         self._layouts: dict[int, list[_Layout]] = {}  # payload length -> layouts seen
+        # execute_uniform's input arrays: (rows in all, records) they fit, the arrays.
+        self._scratch: tuple[tuple, list[np.ndarray]] | None = None
 
     def _find_batch_symbol(self) -> str | None:
         """The symbolic dim-0 name shared by all inputs and outputs, if any."""
@@ -339,6 +355,71 @@ class TensorModel:
         if None in outcomes:
             return [o if o is not None else (Status.INTERNAL, b"no outcome") for o in outcomes]
         return outcomes
+
+    def execute_uniform(self, payloads: np.ndarray, max_result_bytes: int) -> np.ndarray | None:
+        """The usual tick in one batch, or None: then `execute` must serve these requests.
+
+        payloads: (n, size) uint8, C-contiguous, one request per row.  Taken
+        only when every row has the first row's header bytes, those describe
+        a valid request, the model batches them and its batching is verified
+        for their shape key (or n == 1), the batched run succeeds with outputs
+        that follow the batch dimension, and the results fit max_result_bytes.
+        Then every request's result is OK, and row j of the returned
+        (n, result_size) uint8 matrix is exactly the payload `execute` gives
+        request j: session.run gets inputs of the same values, shapes and
+        64-byte alignment as in _run_batched (for one request alone: as in
+        _run_one), and the encoding is encode_tensor_rows'.  Nothing here
+        changes batch_verified, so
+        verification ticks, errors and every other case are left to
+        `execute`, unchanged.
+        """
+        n, size = payloads.shape
+        if not (self.batching and n):
+            return None
+        try:
+            lay = self._layout(payloads[0].tobytes())
+        except PayloadError:
+            return None
+        if not (lay.ok and lay.stackable):
+            return None
+        rows, key = lay.check
+        if n > 1 and self.batch_verified.get(key, 0) < VERIFY_MEMBERS:
+            return None
+        # Compared as bytes objects: a copy and a memcmp cost less than numpy's
+        # elementwise == and .all() at these sizes.
+        for (lo, hi), head in zip(lay.ranges, lay.headers):
+            if head and payloads[:, lo:hi].tobytes() != head * n:
+                return None
+        total = n * rows
+        arrays = [a.reshape((total,) + a.shape[2:])
+                  for a in decode_tensor_rows(payloads.reshape(-1), n, size, lay.records,
+                                              into=self._scratch_arrays(n, lay.records))]
+        try:
+            outputs = self._run(arrays)
+        except Exception:  # noqa: BLE001 - execute runs them again and reports per request
+            return None
+        if any(o.ndim == 0 or o.shape[0] != total for o in outputs):
+            return None
+        out = encode_tensor_matrix([o.reshape((n, rows) + o.shape[1:]) for o in outputs])
+        if out is None or out.shape[1] > max_result_bytes:
+            return None
+        return out
+
+    def _scratch_arrays(self, n: int, records: list[TensorRecord]) -> list[np.ndarray] | None:
+        """Input arrays for n requests of `records`' layout, reused from tick to tick; None: decode into new ones.
+
+        Reuse is safe because session.run is done with its inputs when it
+        returns and the outputs are copied out (encoded) before the next call.
+        One set is kept, at most _SCRATCH_MAX_BYTES.
+        """
+        want = (n, tuple((code, dims) for code, dims, _, _ in records))
+        if self._scratch is not None and self._scratch[0] == want:
+            return self._scratch[1]
+        if n * sum(nbytes for _, _, _, nbytes in records) > _SCRATCH_MAX_BYTES:
+            return None
+        arrays = decode_tensor_arrays(n, records)
+        self._scratch = (want, arrays)
+        return arrays
 
     def _run_group(self, key: tuple, blocks: list[_Block], outcomes: list, max_result_bytes: int) -> None:
         """Outcomes for the requests of `blocks` (all with shape key `key`), written into outcomes."""

@@ -12,7 +12,9 @@ a time), adapted only to live outside the package:
   (parse each request, group, batch, encode each result) and the old
   `_generate` (a `RefSampler` per row, Python bookkeeping per row and step)
   back in place of the new ones;
-* `ref_execute`: the old `InferenceEngine.execute` routing.
+* `ref_execute`: the old `InferenceEngine.execute` routing;
+* `ref_execute_batch`: the old `execute_batch` of the inference process (a
+  `Request` per record, `ref_execute`, a loop over the results).
 
 `install_reference(engine)` turns an engine's loaded models into the reference
 classes, so two engines on the same model files can be compared call by call.
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wasm_engine.inference import Result
+from wasm_engine.inference import K_INF_RESULT, Request, Result, request_id
 from wasm_engine.inference._llm import CausalLM, ModelOutputError, _Job
 from wasm_engine.inference._models import ort_message
 from wasm_engine.inference._payloads import (
@@ -382,6 +384,31 @@ def ref_execute(engine, requests) -> list[Result]:
         for i, outcome in zip(members, group):
             outcomes[i] = outcome
     return [Result(req.request_id, int(o[0]), bytes(o[1])) for req, o in zip(requests, outcomes)]
+
+
+def ref_execute_batch(engine, requests, max_result_bytes: int):
+    """execute_batch as it was (on whatever model objects `engine` holds): RecordBatch in, RecordBatch out."""
+    from wasm_engine.shm_protocol import RecordBatch
+
+    h = requests.headers
+    reqs = [Request(request_id(int(h[i]["source"]), int(h[i]["seq"])), int(h[i]["destination"]),
+                    requests.payload_of(i)) for i in range(len(requests))]
+    results = ref_execute(engine, reqs)
+    pays, lens, status = [], [], []
+    for r in results:
+        p = r.payload
+        if len(p) > max_result_bytes:
+            p = f"result of {len(p)} bytes exceeds the transport limit {max_result_bytes}".encode()
+            st = 5  # Status.TOO_LARGE
+        else:
+            st = int(r.status)
+        pays.append(bytes(p))
+        lens.append(len(p))
+        status.append(st)
+    return RecordBatch.from_arrays(kind=K_INF_RESULT, source=h["destination"], destination=h["source"],
+                                   tick=h["tick"], seq=h["seq"], payload_len=np.array(lens, np.uint32),
+                                   payload=np.frombuffer(b"".join(pays), np.uint8),
+                                   flags=np.array(status, np.uint16))
 
 
 def install_reference(engine) -> None:

@@ -41,6 +41,7 @@ from wasm_engine.inference._payloads import (
     PayloadError,
     decode_tensor_rows,
     decode_tensors,
+    encode_tensor_matrix,
     encode_tensor_rows,
     f32,
     tensor_records,
@@ -271,6 +272,9 @@ def test_encode_tensor_rows_equals_encode_each(arrays):
     n = arrays[0].shape[0]
     assert encode_tensor_rows(arrays) == [ref_encode_tensors([a[j] for a in arrays]) for j in range(n)]
     assert encode_tensor_rows(arrays) == [encode_tensors([a[j] for a in arrays]) for j in range(n)]
+    matrix = encode_tensor_matrix(arrays)
+    assert matrix.dtype == np.uint8 and matrix.shape[0] == n
+    assert [row.tobytes() for row in matrix] == [ref_encode_tensors([a[j] for a in arrays]) for j in range(n)]
 
 
 def test_encode_tensor_rows_errors_match():
@@ -282,6 +286,7 @@ def test_encode_tensor_rows_errors_match():
         with pytest.raises(ValueError) as got:
             encode_tensor_rows(arrays)
         assert str(got.value) == str(want.value)
+        assert encode_tensor_matrix(arrays) is None  # its caller takes the path that reports the error
 
 
 @SETTINGS
