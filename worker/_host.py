@@ -19,7 +19,8 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
-from ctypes import POINTER, byref, c_uint64, c_void_p, cast
+import struct
+from ctypes import POINTER, c_int32, c_int64, c_size_t, c_ubyte, c_uint64, c_void_p, cast
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -54,6 +55,8 @@ STATE_DTYPE = np.dtype([("agent", "<u4"), ("status", "<u4"), ("seq", "<u4"), ("f
 FUEL_DTYPE = np.dtype([("agent", "<u4"), ("fuel", "<u4")])
 
 WASM_PAGE = 65536
+#: Largest request payload ``we.infer`` accepts (docs/ABI.md, result -3).
+MAX_INFER_REQUEST_BYTES = 65536
 
 
 @dataclass(frozen=True)
@@ -151,14 +154,58 @@ class _Agent:
     __slots__ = (
         "id", "kind", "store", "memory", "base", "step", "status", "seq", "fuel", "sends", "logs",
         "infers", "in_lo", "in_hi", "rng_key", "rng_n", "pub", "quota", "infer_quota", "fuel_total",
-        "ctx", "mem_ref", "step_ref", "globals",
+        "globals",
+        # fast path only: addresses for the C prototypes below, a byte view of all the linear memory
+        # can ever hold, a lower bound of its current size (see _grown), and values prepared once
+        "ctx_addr", "step_addr", "mem_addr", "mem", "mem_lo", "config", "fuel_c", "rng_agent",
     )
 
 
+_SEQ_OVERFLOW = "agent exceeded 2^32-1 outputs in one run"
+
+
 WASMTIME_VERSION = "50.0.1"
-_RAW = wt_ffi.wasmtime_val_raw_t
-_UNCHECKED_CB = wt_ffi.wasmtime_func_unchecked_callback_t
 _NO_FINALIZER = ctypes.CFUNCTYPE(None, c_void_p)(lambda _env: None)
+
+
+def _c_fn(name: str, restype, *argtypes):
+    """Our own ctypes prototype of a wasmtime C function, for the fast path.
+
+    wasmtime-py's prototypes take typed pointers and return POINTER objects, and
+    its bindings wrap each in a Python function: together about 1 us a call on
+    the 2-core reference VM, against about 0.5 us for a prototype that takes
+    addresses as plain ints and returns an int (or None). It is built from
+    (name, dll), so wasmtime-py's own prototypes of the same symbols stay as
+    they are.
+
+    PYFUNCTYPE: the call keeps the GIL. A group runs one Python thread, so
+    releasing the GIL around each call (and retaking it in every host function
+    callback the call makes) only costs time, about 0.1-0.2 us each; a wasm
+    step holds the GIL for its duration, which its fuel bounds.
+    """
+    return ctypes.PYFUNCTYPE(restype, *argtypes)((name, wt_ffi.dll))
+
+
+# Pointers are passed and returned as ints (addresses); a returned error or trap
+# pointer is None when there is none.
+_C_CALL_UNCHECKED = _c_fn("wasmtime_func_call_unchecked", c_void_p, c_void_p, c_void_p, c_void_p, c_size_t, c_void_p)
+_C_SET_FUEL = _c_fn("wasmtime_context_set_fuel", c_void_p, c_void_p, c_uint64)
+_C_GET_FUEL = _c_fn("wasmtime_context_get_fuel", c_void_p, c_void_p, c_void_p)
+_C_MEMORY_DATA_SIZE = _c_fn("wasmtime_memory_data_size", c_size_t, c_void_p, c_void_p)
+_C_MEMORY_DATA = _c_fn("wasmtime_memory_data", c_void_p, c_void_p, c_void_p)
+_C_TRAP_NEW = _c_fn("wasmtime_trap_new", c_void_p, ctypes.c_char_p, c_size_t)
+#: The same C signature as wasmtime_func_unchecked_callback_t (every argument a
+#: pointer or size_t, the result a wasm_trap_t*), typed so that ctypes builds
+#: no pointer objects per call: the raw value slots come as int32 words (slot k
+#: is words 4k..4k+3, an i32 is word 4k, an i64 words 4k and 4k+1, low first)
+#: and indexing them yields plain ints; returning None means "no trap".
+_FAST_CB = ctypes.CFUNCTYPE(c_void_p, c_void_p, c_void_p, POINTER(c_int32), c_size_t)
+_U32 = struct.Struct("<I")
+_U32_MASK = 0xFFFFFFFF
+
+
+def _error_from_addr(err: int) -> wasmtime.WasmtimeError:
+    return wasmtime.WasmtimeError._from_ptr(cast(c_void_p(err), POINTER(wt_ffi.wasmtime_error_t)))
 
 
 def check_wasmtime_version() -> None:
@@ -202,16 +249,34 @@ class GroupHost:
             raise ValueError(f"unknown host path {spec.host!r}")
         self.fast = spec.host == "fast"
         self._pending: BaseException | None = None
-        self._callbacks: list = []  # keep ctypes callbacks alive as long as the linkers
-        self._step_args = (_RAW * 1)()
-        self._fuel_out = c_uint64(0)
-        self._fuel_ref = byref(self._fuel_out)
+        # Fast path, allocated once: the one raw value slot of we_step (a
+        # wasmtime_val_raw_t is 16 bytes: the tick goes in as i64, the result
+        # comes back as i32 in the low word), the trap and fuel out-parameters,
+        # and their addresses.
+        self._step_slot = (c_int64 * 2)()
+        self._step_rc = (c_int32 * 4).from_buffer(self._step_slot)
+        self._trap_slot = (c_void_p * 1)()
+        self._fuel_slot = (c_uint64 * 1)()
+        self._slot_addrs = (ctypes.addressof(self._step_slot), ctypes.addressof(self._trap_slot),
+                            ctypes.addressof(self._fuel_slot))
+        self._n_step_slots = c_size_t(1)  # passed as an object for the reason given at _Agent.fuel_c
         self.engine = make_engine(spec.kinds)
         self.tick = INIT_TICK
         self.cur: _Agent | None = None
         self._in = RecordBatch.empty()
         self._in_payload_addr = 0
-        self._reset_outputs()
+        self._in_src: list[int] = []
+        self._in_off: list[int] = [0]
+        self._in_pay = memoryview(b"")
+        #: Buffered outputs of the current stage, in emission order: one
+        #: (kind, source, destination, seq, payload) tuple each. Cleared in place,
+        #: never replaced: the fast host functions hold on to this list.
+        self._out: list[tuple[int, int, int, int, bytes]] = []
+        # One C callback per import for the whole group, shared by every kind's
+        # linker; kept here as long as the linkers may call them.
+        self._callbacks: dict[str, _FAST_CB] = (
+            {name: _FAST_CB(fn) for name, fn in self._fast_imports().items()} if self.fast else {}
+        )
         self._kind_of_stage: dict[int, list[_Agent]] = {}
         self.agents: list[_Agent] = []
         ids = np.asarray(spec.agent_ids, dtype=np.int64)
@@ -226,7 +291,14 @@ class GroupHost:
             module, linker = self._load_kind(kind, module_bytes)
             for agent_id in mine.tolist():
                 self._instantiate(kind, module, linker, agent_id)
-        self._stage_ids = {s: np.array([a.id for a in lst], np.int64) for s, lst in self._kind_of_stage.items()}
+        # Per stage, its agents' ids then each id + 1, in the destination field's
+        # dtype: one searchsorted of these gives every agent's inbox bounds
+        # ("left" of id + 1 is "right" of id) without converting the field.
+        dst_dtype = RECORD_DTYPE["destination"]
+        self._stage_bounds = {
+            s: np.array([a.id for a in lst] + [a.id + 1 for a in lst], dst_dtype)
+            for s, lst in self._kind_of_stage.items()
+        }
 
     # -- loading ---------------------------------------------------------------
     def _load_kind(self, kind: KindSpec, module_bytes):
@@ -250,99 +322,290 @@ class GroupHost:
             if cap is None or cap in granted:
                 ty = wasmtime.FuncType(list(params), list(results))
                 if self.fast:
-                    self._define_unchecked(linker, name, ty, len(params), str(results[0]) == "i64")
+                    self._define_unchecked(linker, name, ty)
                 else:
                     linker.define_func("we", name, ty, getattr(self, "_h_" + name))
         return module, linker
 
     # -- the fast path: raw value slots, no per-call type objects -----------------
+    #
+    # What one agent step costs in Python is mostly the number of ctypes
+    # crossings (about 0.5 us each on the 2-core reference VM) and of Python
+    # frames, so this path makes as few as it can: three C calls per step (set
+    # fuel, call we_step, read fuel) through the prototypes above, host
+    # functions as closures over prebound locals, linear memory read and written
+    # through a memoryview instead of ctypes.memmove/string_at, and no query of
+    # the memory's size unless a range fails against a cached lower bound of it.
+    # The reference path (host="reference") does all of this the plain way through
+    # wasmtime-py's API; tests cross-check the two.
+
     def _guest_trap(self, exc: BaseException) -> int:
         """Turn a host function's exception into a trap of the calling agent."""
         self._pending = exc
         msg = b"host function fault"
-        return cast(wt_ffi.wasmtime_trap_new(msg, len(msg)), c_void_p).value
+        return _C_TRAP_NEW(msg, len(msg))
 
-    def _define_unchecked(self, linker, name: str, ty, nparams: int, res_i64: bool) -> None:
-        method = getattr(self, "_h_" + name)
-        trap = self._guest_trap
-        if nparams == 0:
-            if res_i64:
-                def cb(env, caller, args, n):
-                    try:
-                        args[0].i64 = method()
-                        return 0
-                    except BaseException as e:  # noqa: BLE001 - becomes a guest trap
-                        return trap(e)
-            else:
-                def cb(env, caller, args, n):
-                    try:
-                        args[0].i32 = method()
-                        return 0
-                    except BaseException as e:  # noqa: BLE001
-                        return trap(e)
-        elif nparams == 2:
-            def cb(env, caller, args, n):
-                try:
-                    args[0].i32 = method(args[0].i32, args[1].i32)
-                    return 0
-                except BaseException as e:  # noqa: BLE001
-                    return trap(e)
-        elif nparams == 3:
-            if res_i64:
-                def cb(env, caller, args, n):
-                    try:
-                        args[0].i64 = method(args[0].i32, args[1].i32, args[2].i32)
-                        return 0
-                    except BaseException as e:  # noqa: BLE001
-                        return trap(e)
-            else:
-                def cb(env, caller, args, n):
-                    try:
-                        args[0].i32 = method(args[0].i32, args[1].i32, args[2].i32)
-                        return 0
-                    except BaseException as e:  # noqa: BLE001
-                        return trap(e)
-        else:  # pragma: no cover - the ABI has no other arity
-            raise AssertionError(name)
-        c_cb = _UNCHECKED_CB(cb)
-        self._callbacks.append(c_cb)
+    def _define_unchecked(self, linker, name: str, ty) -> None:
         mod, nm = b"we", name.encode()
+        c_cb = cast(self._callbacks[name], wt_ffi.wasmtime_func_unchecked_callback_t)
         err = wt_ffi.wasmtime_linker_define_func_unchecked(linker.ptr(), mod, len(mod), nm, len(nm), ty.ptr(), c_cb,
                                                            None, _NO_FINALIZER)
         if err:
             raise wasmtime.WasmtimeError._from_ptr(err)
 
+    def _take_pending(self, exc: BaseException) -> BaseException:
+        """The exception a failed guest call stands for: the host function's own
+        exception if one trapped it (its trap only says "host function fault")."""
+        pending, self._pending = self._pending, None
+        return pending if pending is not None else exc
+
+    def _step_error(self, err: int | None) -> BaseException:
+        """The exception for a fast-path we_step call that returned an error or a trap."""
+        if err:
+            exc = _error_from_addr(err)
+        else:
+            trap, self._trap_slot[0] = self._trap_slot[0], None
+            exc = wasmtime.Trap._from_ptr(cast(c_void_p(trap), POINTER(wt_ffi.wasm_trap_t)))
+        return self._take_pending(exc)
+
     def _call_step(self, a: _Agent, tick: int) -> int:
-        if not self.fast:
-            return a.step(a.store, tick)
-        args = self._step_args
-        args[0].i64 = tick
-        trap = POINTER(wt_ffi.wasm_trap_t)()
-        err = wt_ffi.wasmtime_func_call_unchecked(a.ctx, a.step_ref, args, 1, byref(trap))
-        if err or trap:
-            exc = wasmtime.WasmtimeError._from_ptr(err) if err else wasmtime.Trap._from_ptr(trap)
-            pending, self._pending = self._pending, None
-            raise pending if pending is not None else exc
-        return args[0].i32
+        """we_step through wasmtime-py (the reference path; run_stage inlines the fast one)."""
+        return a.step(a.store, tick)
 
     def _set_fuel(self, a: _Agent) -> None:
         if self.fast:
-            err = wt_ffi.wasmtime_context_set_fuel(a.ctx, a.fuel)
+            err = _C_SET_FUEL(a.ctx_addr, a.fuel_c)
             if err:
-                raise wasmtime.WasmtimeError._from_ptr(err)
+                raise _error_from_addr(err)
         else:
             a.store.set_fuel(a.fuel)
 
     def _fuel_left(self, a: _Agent) -> int:
         if self.fast:
-            err = wt_ffi.wasmtime_context_get_fuel(a.ctx, self._fuel_ref)
+            err = _C_GET_FUEL(a.ctx_addr, self._slot_addrs[2])
             if err:
-                raise wasmtime.WasmtimeError._from_ptr(err)
-            return self._fuel_out.value
+                raise _error_from_addr(err)
+            return self._fuel_slot[0]
         return a.store.get_fuel()
 
     def _mem_len(self, a: _Agent) -> int:
-        return wt_ffi.wasmtime_memory_data_size(a.ctx, a.mem_ref)
+        return _C_MEMORY_DATA_SIZE(a.ctx_addr, a.mem_addr)
+
+    def _grown(self, a: _Agent, ptr: int, n: int, fn: str) -> None:
+        """Bounds check of [ptr, ptr+n) after it failed against ``a.mem_lo``.
+
+        Why a cached bound is safe: a wasm linear memory never shrinks and
+        (make_engine: memory_may_move=False) never moves, so a size read once
+        stays a lower bound of the size for the agent's whole life; a range
+        inside it is inside the memory now. A range outside it may be inside a
+        memory the agent grew during this step, so re-read the real size (and
+        keep it as the new bound) before faulting; the fault then names the same
+        size as the reference path's check.
+        """
+        size = _C_MEMORY_DATA_SIZE(a.ctx_addr, a.mem_addr)
+        # Neither can happen under make_engine's configuration and the store's
+        # limit; if one did, a.mem would no longer cover the memory.
+        if size > len(a.mem):
+            raise RuntimeError(f"agent {a.id}: linear memory of {size} bytes outgrew its {len(a.mem)}-byte host view")
+        if size and _C_MEMORY_DATA(a.ctx_addr, a.mem_addr) != a.base:
+            raise RuntimeError(f"agent {a.id}: linear memory moved")
+        a.mem_lo = size
+        if n < 0 or ptr + n > size:
+            raise _HostFault(
+                TrapCode.HOST_OUT_OF_BOUNDS,
+                f"we.{fn}: range [{ptr}, {ptr + n}) outside linear memory of {size} bytes",
+            )
+
+    def _fast_imports(self) -> dict:
+        """The host functions of the fast path, as callbacks with _FAST_CB's signature.
+
+        Each one does what the ``_h_*`` method of the same name does (the
+        reference path calls those), in the same order of checks, and writes
+        its result into the first value slot. Any exception traps the calling
+        agent through _guest_trap; run_stage re-raises it from the failed call.
+        """
+        host = self
+        spec = self.spec
+        trap = self._guest_trap
+        grown = self._grown
+        out_append = self._out.append
+        pack_u32 = _U32.pack_into
+        max_message_bytes, total_agents = spec.max_message_bytes, spec.total_agents
+        n_models, max_publish_bytes = spec.n_models, spec.max_publish_bytes
+        max_logs, max_log_bytes = spec.max_logs_per_tick, spec.max_log_bytes
+        tick_key, nth = _rng.tick_key, _rng.nth
+        mask = _U32_MASK
+
+        def recv(env, caller, args, nargs):
+            try:
+                a = host.cur
+                i = a.in_lo
+                if i >= a.in_hi:
+                    args[0] = -1
+                    return None
+                src_ptr, buf_ptr, cap = args[0] & mask, args[4] & mask, args[8]
+                if src_ptr + 4 > a.mem_lo:
+                    grown(a, src_ptr, 4, "recv")
+                if cap < 0 or buf_ptr + cap > a.mem_lo:
+                    grown(a, buf_ptr, cap, "recv")
+                a.in_lo = i + 1
+                offs = host._in_off
+                off = offs[i]
+                n = offs[i + 1] - off
+                mem = a.mem
+                pack_u32(mem, src_ptr, host._in_src[i])
+                if n and cap:
+                    k = n if n < cap else cap
+                    mem[buf_ptr:buf_ptr + k] = host._in_pay[off:off + k]
+                args[0] = n
+                return None
+            except BaseException as e:  # noqa: BLE001 - becomes a guest trap
+                return trap(e)
+
+        def inbox_count(env, caller, args, nargs):
+            try:
+                a = host.cur
+                args[0] = a.in_hi - a.in_lo
+                return None
+            except BaseException as e:  # noqa: BLE001
+                return trap(e)
+
+        def send(env, caller, args, nargs):
+            try:
+                a = host.cur
+                ptr, n = args[4] & mask, args[8]
+                if n < 0 or ptr + n > a.mem_lo:
+                    grown(a, ptr, n, "send")
+                if n > max_message_bytes:
+                    args[0] = -3
+                    return None
+                if a.sends >= a.quota:
+                    args[0] = -1
+                    return None
+                dst = args[0] & mask
+                if dst >= total_agents:
+                    args[0] = -2
+                    return None
+                a.sends += 1
+                seq = a.seq
+                if seq >= 0xFFFFFFFF:
+                    raise _HostFault(TrapCode.ABI_VIOLATION, _SEQ_OVERFLOW)
+                a.seq = seq + 1
+                out_append((K_MSG, a.id, dst, seq, a.mem[ptr:ptr + n].tobytes()))
+                args[0] = 0
+                return None
+            except BaseException as e:  # noqa: BLE001
+                return trap(e)
+
+        def rand_u64(env, caller, args, nargs):
+            try:
+                a = host.cur
+                if a.rng_key is None:
+                    a.rng_key = tick_key(a.rng_agent, host.tick)
+                v = nth(a.rng_key, a.rng_n)
+                a.rng_n += 1
+                args[0] = v  # the int32 words take the low 32 bits of what they are given
+                args[1] = v >> 32
+                return None
+            except BaseException as e:  # noqa: BLE001
+                return trap(e)
+
+        def tick(env, caller, args, nargs):
+            try:
+                v = host.tick
+                args[0] = v
+                args[1] = v >> 32
+                return None
+            except BaseException as e:  # noqa: BLE001
+                return trap(e)
+
+        def log(env, caller, args, nargs):
+            try:
+                a = host.cur
+                ptr, n = args[0] & mask, args[4]
+                if n < 0 or ptr + n > a.mem_lo:
+                    grown(a, ptr, n, "log")
+                if a.logs >= max_logs:
+                    args[0] = -1
+                    return None
+                a.logs += 1
+                seq = a.seq
+                if seq >= 0xFFFFFFFF:
+                    raise _HostFault(TrapCode.ABI_VIOLATION, _SEQ_OVERFLOW)
+                a.seq = seq + 1
+                out_append((K_LOG, a.id, 0, seq, a.mem[ptr:ptr + min(n, max_log_bytes)].tobytes()))
+                args[0] = 0
+                return None
+            except BaseException as e:  # noqa: BLE001
+                return trap(e)
+
+        def publish(env, caller, args, nargs):
+            try:
+                a = host.cur
+                ptr, n = args[0] & mask, args[4]
+                if n < 0 or ptr + n > a.mem_lo:
+                    grown(a, ptr, n, "publish")
+                if n > max_publish_bytes:
+                    args[0] = -3
+                    return None
+                a.pub = a.mem[ptr:ptr + n].tobytes()
+                args[0] = 0
+                return None
+            except BaseException as e:  # noqa: BLE001
+                return trap(e)
+
+        def infer(env, caller, args, nargs):
+            try:
+                a = host.cur
+                model, ptr, n = args[0], args[4] & mask, args[8]
+                if n < 0 or ptr + n > a.mem_lo:
+                    grown(a, ptr, n, "infer")
+                if a.infers >= a.infer_quota:
+                    r = -1
+                elif not 0 <= model < n_models:
+                    r = -2
+                elif n > MAX_INFER_REQUEST_BYTES:
+                    r = -3
+                else:
+                    a.infers += 1
+                    r = a.seq
+                    if r >= 0xFFFFFFFF:
+                        raise _HostFault(TrapCode.ABI_VIOLATION, _SEQ_OVERFLOW)
+                    a.seq = r + 1
+                    out_append((K_INFER, a.id, model, r, a.mem[ptr:ptr + n].tobytes()))
+                args[0] = r
+                args[1] = r >> 32
+                return None
+            except BaseException as e:  # noqa: BLE001
+                return trap(e)
+
+        def config_read(env, caller, args, nargs):
+            try:
+                a = host.cur
+                ptr, cap = args[0] & mask, args[4]
+                cfg = a.config
+                if cap < 0 or ptr + cap > a.mem_lo:
+                    grown(a, ptr, cap, "config_read")
+                if cap and cfg:
+                    k = min(cap, len(cfg))
+                    a.mem[ptr:ptr + k] = cfg[:k]
+                args[0] = len(cfg)
+                return None
+            except BaseException as e:  # noqa: BLE001
+                return trap(e)
+
+        def agent_count(env, caller, args, nargs):
+            try:
+                args[0] = total_agents
+                return None
+            except BaseException as e:  # noqa: BLE001
+                return trap(e)
+
+        fns = dict(recv=recv, inbox_count=inbox_count, send=send, rand_u64=rand_u64, tick=tick, log=log,
+                   publish=publish, infer=infer, config_read=config_read, agent_count=agent_count)
+        if fns.keys() != IMPORTS.keys():  # pragma: no cover - a new import needs its fast version here
+            raise RuntimeError(f"fast host path lacks imports {sorted(IMPORTS.keys() - fns.keys())}")
+        return fns
 
     def _instantiate(self, kind: KindSpec, module, linker, agent_id: int) -> None:
         a = _Agent()
@@ -367,9 +630,20 @@ class GroupHost:
         a.memory = ex["memory"]
         a.base = ctypes.cast(a.memory.data_ptr(a.store), ctypes.c_void_p).value or 0
         a.step = ex["we_step"]
-        a.ctx = a.store._context()
-        a.mem_ref = byref(a.memory._memory)
-        a.step_ref = byref(a.step._func)
+        a.ctx_addr = cast(a.store._context(), c_void_p).value
+        a.step_addr = ctypes.addressof(a.step._func)
+        a.mem_addr = ctypes.addressof(a.memory._memory)
+        # A view of every byte the memory can ever hold: it never moves and the
+        # store's limit caps its size (make_engine), so the view stays valid for
+        # the agent's life. Only bytes inside a range checked against the
+        # memory's size (a.mem_lo, _grown) are ever touched through it.
+        a.mem = memoryview((c_ubyte * kind.memory_limit_bytes).from_address(a.base)).cast("B")
+        a.mem_lo = self._mem_len(a)
+        a.config = bytes.fromhex(kind.config_hex)
+        # ctypes converts a c_uint64 argument given as an int into a new object on
+        # every call (about 0.1-0.2 us); an object of the argument's type passes as is.
+        a.fuel_c = c_uint64(a.fuel)
+        a.rng_agent = _rng.agent_key(self.spec.run_seed, agent_id)
         names = sorted(e.name for e in module.exports if isinstance(e.type, wasmtime.GlobalType))
         a.globals = [(name, ex[name]) for name in names]
         if len(self.agents) == 0 or self.agents[-1].kind is not kind:
@@ -389,7 +663,9 @@ class GroupHost:
         try:
             rc = init(a.store, agent_id, seed, len(kind.config_hex) // 2)
         except Exception as e:  # noqa: BLE001 - any guest failure quarantines the agent
-            self._fault(a, mark, *_classify(e))
+            # On the fast path a host function's fault comes back as a bare
+            # "host function fault" trap; the fault itself was kept aside.
+            self._fault(a, mark, *_classify(self._take_pending(e)))
         else:
             self._end_step(a)
             if rc != 0:
@@ -401,33 +677,21 @@ class GroupHost:
         self.cur = None
 
     # -- output buffer -----------------------------------------------------------
-    def _reset_outputs(self) -> None:
-        self._o_kind: list[int] = []
-        self._o_src: list[int] = []
-        self._o_dst: list[int] = []
-        self._o_seq: list[int] = []
-        self._o_pay: list[bytes] = []
-
     def _mark(self):
-        return len(self._o_kind)
+        return len(self._out)
 
     def _emit(self, kind: int, a: _Agent, dst: int, payload: bytes) -> int:
-        if a.seq >= 0xFFFFFFFF:
-            raise _HostFault(TrapCode.ABI_VIOLATION, "agent exceeded 2^32-1 outputs in one run")
         seq = a.seq
-        a.seq += 1
-        self._o_kind.append(kind)
-        self._o_src.append(a.id)
-        self._o_dst.append(dst)
-        self._o_seq.append(seq)
-        self._o_pay.append(payload)
+        if seq >= 0xFFFFFFFF:
+            raise _HostFault(TrapCode.ABI_VIOLATION, _SEQ_OVERFLOW)
+        a.seq = seq + 1
+        self._out.append((kind, a.id, dst, seq, payload))
         return seq
 
     def _rollback(self, a: _Agent, mark: int) -> None:
         """Discard an agent's effects of the current step (it trapped)."""
-        removed = len(self._o_kind) - mark
-        for lst in (self._o_kind, self._o_src, self._o_dst, self._o_seq, self._o_pay):
-            del lst[mark:]
+        removed = len(self._out) - mark
+        del self._out[mark:]
         a.seq -= removed
         a.pub = None
 
@@ -436,22 +700,47 @@ class GroupHost:
         a.status = AgentStatus.QUARANTINED
         self._emit(K_TRAP, a, 0, int(code).to_bytes(4, "little") + detail.encode("utf-8", "replace"))
 
-    def _take_outputs(self, tick: int) -> RecordBatch:
-        n = len(self._o_kind)
-        pay = b"".join(self._o_pay)
-        batch = RecordBatch.from_arrays(
-            kind=np.array(self._o_kind, np.uint16), source=np.array(self._o_src, np.uint32),
-            destination=np.array(self._o_dst, np.uint32), tick=tick, seq=np.array(self._o_seq, np.uint32),
-            payload_len=np.fromiter((len(p) for p in self._o_pay), np.uint32, n),
-            payload=np.frombuffer(pay, np.uint8),
-        )
-        self._reset_outputs()
-        return batch
+    def _take_outputs(self, tick: int, stage: int, fuel_ids: list[int], fuel_used: list[int]) -> RecordBatch:
+        """The buffered outputs, then the stage's K_FUEL records, as one batch.
+
+        The same records as ``concat([outputs, _chunked(K_FUEL, ...)])``, written
+        straight into one header array and one payload buffer: building and
+        concatenating the intermediate batches cost more per stage than a
+        dozen agent steps.
+        """
+        out = self._out
+        n_out, n_fuel = len(out), len(fuel_ids)
+        n_chunks = -(-n_fuel // CHUNK_AGENTS)
+        headers = np.zeros(n_out + n_chunks, RECORD_DTYPE)
+        payload = bytearray()
+        if n_out:
+            kinds, srcs, dsts, seqs, pays = zip(*out)
+            h = headers[:n_out]
+            h["kind"] = kinds
+            h["source"] = srcs
+            h["destination"] = dsts
+            h["seq"] = seqs
+            h["payload_len"] = [len(p) for p in pays]
+            payload = bytearray().join(pays)
+            out.clear()
+        if n_chunks:
+            fuel = np.zeros(n_fuel, FUEL_DTYPE)
+            fuel["agent"] = fuel_ids
+            fuel["fuel"] = fuel_used
+            c = headers[n_out:]
+            c["kind"] = K_FUEL
+            c["flags"] = stage
+            c["seq"] = np.arange(n_chunks)
+            c["payload_len"] = [min(CHUNK_AGENTS, n_fuel - s) * FUEL_DTYPE.itemsize
+                                for s in range(0, n_fuel, CHUNK_AGENTS)]
+            payload += fuel.tobytes()
+        headers["tick"] = tick
+        return RecordBatch(headers, np.frombuffer(payload, np.uint8))
 
     # -- stepping ------------------------------------------------------------
     def _begin_step(self, a: _Agent, tick: int) -> None:
-        a.sends = a.logs = a.infers = 0
-        a.rng_key, a.rng_n, a.pub = None, 0, None
+        a.sends = a.logs = a.infers = a.rng_n = 0
+        a.rng_key = a.pub = None
         self._set_fuel(a)
 
     def _end_step(self, a: _Agent) -> None:
@@ -469,15 +758,26 @@ class GroupHost:
             raise ValueError(f"bad tick {tick}")
         self.tick = tick
         self._in = deliveries
-        self._in_dst = deliveries.headers["destination"].astype(np.int64)
-        self._in_src = deliveries.headers["source"]
-        self._in_off = deliveries.offsets
-        self._in_payload_addr = deliveries.payload.ctypes.data if len(deliveries.payload) else 0
+        headers = deliveries.headers
+        # Python ints, converted once per stage: the host functions index them per message.
+        self._in_src = headers["source"].tolist()
+        self._in_off = deliveries.offsets.tolist()
+        payload = np.ascontiguousarray(deliveries.payload)
+        self._in_pay = memoryview(payload)
         agents = self._kind_of_stage.get(stage, [])
-        ids = self._stage_ids.get(stage, np.zeros(0, np.int64))
-        lo = np.searchsorted(self._in_dst, ids, "left").tolist()
-        hi = np.searchsorted(self._in_dst, ids, "right").tolist()
-        fuel_ids, fuel_used = [], []
+        bounds = np.searchsorted(headers["destination"], self._stage_bounds[stage]).tolist() if agents else []
+        lo, hi = bounds[:len(agents)], bounds[len(agents):]
+        fuel_ids: list[int] = []
+        fuel_used: list[int] = []
+        if self.fast:
+            self._run_fast(agents, lo, hi, tick, fuel_ids, fuel_used)
+        else:
+            self._in_payload_addr = payload.ctypes.data if len(payload) else 0
+            self._run_reference(agents, lo, hi, tick, fuel_ids, fuel_used)
+        self.cur = None
+        return self._take_outputs(tick, stage, fuel_ids, fuel_used)
+
+    def _run_reference(self, agents, lo, hi, tick, fuel_ids, fuel_used) -> None:
         for i, a in enumerate(agents):
             if a.status != AgentStatus.RUNNING:
                 continue
@@ -498,12 +798,52 @@ class GroupHost:
             a.fuel_total += used
             fuel_ids.append(a.id)
             fuel_used.append(used)
-        self.cur = None
-        out = self._take_outputs(tick)
-        fuel = np.zeros(len(fuel_ids), FUEL_DTYPE)
-        fuel["agent"] = fuel_ids
-        fuel["fuel"] = fuel_used
-        return RecordBatch.concat([out, _chunked(K_FUEL, fuel, tick, stage)])
+
+    def _run_fast(self, agents, lo, hi, tick, fuel_ids, fuel_used) -> None:
+        """_run_reference's loop with _begin_step, _call_step, _end_step and
+        _fuel_left inlined over prebound locals (see "the fast path" above)."""
+        call, set_fuel, get_fuel = _C_CALL_UNCHECKED, _C_SET_FUEL, _C_GET_FUEL
+        slot, rc_words, trap_slot, fuel_slot = self._step_slot, self._step_rc, self._trap_slot, self._fuel_slot
+        slot_addr, trap_addr, fuel_addr = self._slot_addrs
+        n_slots = self._n_step_slots
+        out = self._out
+        running = AgentStatus.RUNNING
+        add_id, add_used = fuel_ids.append, fuel_used.append
+        for a, a_lo, a_hi in zip(agents, lo, hi):
+            if a.status != running:
+                continue
+            a.in_lo = a_lo
+            a.in_hi = a_hi
+            self.cur = a
+            a.sends = a.logs = a.infers = a.rng_n = 0
+            a.rng_key = a.pub = None
+            ctx = a.ctx_addr
+            err = set_fuel(ctx, a.fuel_c)
+            if err:
+                raise _error_from_addr(err)
+            mark = len(out)
+            slot[0] = tick  # the call overwrites the slot with its result
+            err = call(ctx, a.step_addr, slot_addr, n_slots, trap_addr)
+            if err or trap_slot[0]:
+                exc = self._step_error(err)
+                if not isinstance(exc, Exception):
+                    raise exc  # KeyboardInterrupt and the like in a host function: not the agent's fault
+                self._fault(a, mark, *_classify(exc))
+            else:
+                if a.pub is not None:
+                    self._emit(K_PUBLISH, a, 0, a.pub)
+                    a.pub = None
+                rc = rc_words[0]
+                if rc:
+                    a.status = AgentStatus.HALTED
+                    self._emit(K_HALT, a, 0, (rc & 0xFFFFFFFF).to_bytes(4, "little"))
+            err = get_fuel(ctx, fuel_addr)
+            if err:
+                raise _error_from_addr(err)
+            used = a.fuel - fuel_slot[0]
+            a.fuel_total += used
+            add_id(a.id)
+            add_used(used)
 
     def final_state(self) -> RecordBatch:
         """K_STATE records: each agent's status, output count and a digest of its
@@ -522,10 +862,12 @@ class GroupHost:
             st[i] = (a.id, int(a.status), a.seq, a.fuel_total & 0xFFFFFFFF, h.digest())
         return _chunked(K_STATE, st, 0, 0)
 
-    # -- host functions (ABI v1, docs/ABI.md) -------------------------------------
+    # -- host functions (ABI v1, docs/ABI.md), reference path ----------------------
+    # Written plainly, through wasmtime-py's API, as the yardstick of the fast
+    # path's versions (_fast_imports): every check re-reads the memory's size.
     def _span(self, a: _Agent, ptr: int, n: int, fn: str) -> int:
         ptr &= 0xFFFFFFFF
-        size = wt_ffi.wasmtime_memory_data_size(a.ctx, a.mem_ref)
+        size = a.memory.data_len(a.store)
         if n < 0 or ptr + n > size:
             raise _HostFault(
                 TrapCode.HOST_OUT_OF_BOUNDS,
@@ -601,7 +943,7 @@ class GroupHost:
             return -1
         if not 0 <= model < self.spec.n_models:
             return -2
-        if n > 65536:
+        if n > MAX_INFER_REQUEST_BYTES:
             return -3
         a.infers += 1
         return self._emit(K_INFER, a, model, ctypes.string_at(addr, n))

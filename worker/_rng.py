@@ -18,8 +18,18 @@ def splitmix64(x: int) -> int:
     return z ^ (z >> 31)
 
 
+def agent_key(run_seed: int, agent_id: int) -> int:
+    """The part of an agent's stream key that no tick changes (a host may keep it)."""
+    return splitmix64(splitmix64(run_seed & _M) ^ agent_id)
+
+
+def tick_key(agent: int, tick: int) -> int:
+    """An agent's stream key for one tick, from its agent_key()."""
+    return splitmix64(agent ^ (tick & _M))
+
+
 def stream_key(run_seed: int, agent_id: int, tick: int) -> int:
-    return splitmix64(splitmix64(splitmix64(run_seed & _M) ^ agent_id) ^ (tick & _M))
+    return tick_key(agent_key(run_seed, agent_id), tick)
 
 
 def nth(key: int, n: int) -> int:
