@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -40,6 +39,7 @@ from wasm_engine.inference._payloads import DTYPE_CODES
 from wasm_engine.inference._tensor import VERIFY_MEMBERS, TensorModel
 from wasm_engine.shm_protocol import RecordBatch
 
+from ._graphs import graph_model, mixed_dtype_model, reshape_model, two_input_model
 from ._reference import install_reference, ref_execute, ref_execute_batch
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -55,49 +55,25 @@ IDENT_INPUTS = [("i8", TensorProto.INT8, ["batch", 2]), ("u16", TensorProto.UINT
                 ("i16", TensorProto.INT16, ["batch", 1]), ("u32", TensorProto.UINT32, ["batch", 2])]
 
 
-def _graph_model(tmp, name, nodes, inputs, outputs, initializer=()) -> str:
-    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=list(initializer))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path = tmp / f"{name}.onnx"
-    path.write_bytes(model.SerializeToString())
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory, tensor_model_path, tiny_lm_dir):
     tmp = tmp_path_factory.mktemp("execute_batch")
     vi = helper.make_tensor_value_info
-    two = _graph_model(tmp, "two", [
-        helper.make_node("Add", ["a", "a"], ["y1"]),
-        helper.make_node("ReduceSum", ["a", "axes"], ["s"], keepdims=1),
-        helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
-        helper.make_node("Add", ["bf", "s"], ["y2"]),
-    ], [vi("a", TensorProto.FLOAT, ["batch", "n"]), vi("b", TensorProto.INT64, ["batch", 3])],
-        [vi("y1", TensorProto.FLOAT, ["batch", "n"]), vi("y2", TensorProto.FLOAT, ["batch", 3])],
-        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
-    mixed = _graph_model(tmp, "mixed",
-                         [helper.make_node("Not", ["m"], ["y1"]), helper.make_node("Add", ["h", "h"], ["y2"])],
-                         [vi("m", TensorProto.BOOL, ["batch", 3]), vi("h", TensorProto.FLOAT16, ["batch", "n"])],
-                         [vi("y1", TensorProto.BOOL, ["batch", 3]), vi("y2", TensorProto.FLOAT16, ["batch", "n"])])
-    ident = _graph_model(tmp, "ident", [helper.make_node("Identity", [n], [f"y_{n}"]) for n, _, _ in IDENT_INPUTS],
+    two, mixed = two_input_model(tmp), mixed_dtype_model(tmp)
+    ident = graph_model(tmp, "ident", [helper.make_node("Identity", [n], [f"y_{n}"]) for n, _, _ in IDENT_INPUTS],
                          [vi(n, t, s) for n, t, s in IDENT_INPUTS], [vi(f"y_{n}", t, s) for n, t, s in IDENT_INPUTS])
     # Out-of-range indices make the run fail: an error that depends on the data, not the shape.
-    gather = _graph_model(tmp, "gather", [helper.make_node("GatherElements", ["x", "i"], ["y"], axis=1)],
+    gather = graph_model(tmp, "gather", [helper.make_node("GatherElements", ["x", "i"], ["y"], axis=1)],
                           [vi("x", TensorProto.FLOAT, ["batch", 4]), vi("i", TensorProto.INT64, ["batch", 1])],
                           [vi("y", TensorProto.FLOAT, ["batch", 1])])
     # y = x[:min(k)]: follows the batch dimension only while min(k) >= the rows of x.
-    slice_ = _graph_model(tmp, "slice", [helper.make_node("ReduceMin", ["k"], ["kmin"], keepdims=0),
+    slice_ = graph_model(tmp, "slice", [helper.make_node("ReduceMin", ["k"], ["kmin"], keepdims=0),
                                          helper.make_node("Unsqueeze", ["kmin", "zero"], ["end"]),
                                          helper.make_node("Slice", ["x", "zero", "end", "zero"], ["y"])],
                           [vi("x", TensorProto.FLOAT, ["batch", 3]), vi("k", TensorProto.INT64, ["batch", 1])],
                           [vi("y", TensorProto.FLOAT, ["batch", 3])],
                           [helper.make_tensor("zero", TensorProto.INT64, [1], [0])])
-    reshape = _graph_model(tmp, "reshape", [helper.make_node("Reshape", ["x", "shape"], ["y"])],
-                           [vi("x", TensorProto.FLOAT, ["batch", "n"])],
-                           [vi("y", TensorProto.FLOAT, ["batch", 4, "m"])],
-                           [helper.make_tensor("shape", TensorProto.INT64, [3], [0, 4, -1])])
+    reshape = reshape_model(tmp)
     return [ModelSpec("mlp", tensor_model_path), ModelSpec("two", two), ModelSpec("mixed", mixed),
             ModelSpec("ident", ident), ModelSpec("gather", gather), ModelSpec("slice", slice_),
             ModelSpec("reshape", reshape), ModelSpec("lm", tiny_lm_dir / "model.onnx", kind="causal_lm")]

@@ -16,7 +16,6 @@ import hashlib
 import struct
 
 import numpy as np
-import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -47,6 +46,7 @@ from wasm_engine.inference._payloads import (
     tensor_records,
 )
 
+from ._graphs import graph_model, mixed_dtype_model, reshape_model, two_input_model
 from ._reference import (
     RefSampler,
     install_reference,
@@ -350,41 +350,14 @@ def test_huge_empty_tensors_are_not_stacked(tensor_specs):
 # ----------------------------------------------------------------------------
 
 
-def _save(model: onnx.ModelProto, path) -> str:
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.write_bytes(model.SerializeToString())
-    return str(path)
-
-
-def _graph_model(tmp, name, nodes, inputs, outputs, initializer=()):
-    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=list(initializer))
-    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp / f"{name}.onnx")
-
-
 @pytest.fixture(scope="module")
 def tensor_specs(tmp_path_factory, tensor_model_path):
     tmp = tmp_path_factory.mktemp("fast_tensor")
     vi = helper.make_tensor_value_info
-    two = _graph_model(tmp, "two", [
-        helper.make_node("Add", ["a", "a"], ["y1"]),
-        helper.make_node("ReduceSum", ["a", "axes"], ["s"], keepdims=1),
-        helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
-        helper.make_node("Add", ["bf", "s"], ["y2"]),
-    ], [vi("a", TensorProto.FLOAT, ["batch", "n"]), vi("b", TensorProto.INT64, ["batch", 3])],
-        [vi("y1", TensorProto.FLOAT, ["batch", "n"]), vi("y2", TensorProto.FLOAT, ["batch", 3])],
-        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
-    reshape = _graph_model(tmp, "reshape", [helper.make_node("Reshape", ["x", "shape"], ["y"])],
-                           [vi("x", TensorProto.FLOAT, ["batch", "n"])],
-                           [vi("y", TensorProto.FLOAT, ["batch", 4, "m"])],
-                           [helper.make_tensor("shape", TensorProto.INT64, [3], [0, 4, -1])])
-    mixed = _graph_model(tmp, "mixed",
-                         [helper.make_node("Not", ["m"], ["y1"]), helper.make_node("Add", ["h", "h"], ["y2"])],
-                         [vi("m", TensorProto.BOOL, ["batch", 3]), vi("h", TensorProto.FLOAT16, ["batch", "n"])],
-                         [vi("y1", TensorProto.BOOL, ["batch", 3]), vi("y2", TensorProto.FLOAT16, ["batch", "n"])])
-    scalar = _graph_model(tmp, "scalar", [helper.make_node("Add", ["x", "x"], ["y"])],
+    two, reshape, mixed = two_input_model(tmp), reshape_model(tmp), mixed_dtype_model(tmp)
+    scalar = graph_model(tmp, "scalar", [helper.make_node("Add", ["x", "x"], ["y"])],
                           [vi("x", TensorProto.FLOAT, [])], [vi("y", TensorProto.FLOAT, [])])
-    static = _graph_model(tmp, "static", [helper.make_node("Add", ["x", "x"], ["y"])],
+    static = graph_model(tmp, "static", [helper.make_node("Add", ["x", "x"], ["y"])],
                           [vi("x", TensorProto.INT64, [2, 3])], [vi("y", TensorProto.INT64, [2, 3])])
     return [ModelSpec("mlp", tensor_model_path), ModelSpec("two", two), ModelSpec("reshape", reshape),
             ModelSpec("mixed", mixed), ModelSpec("scalar", scalar), ModelSpec("static", static),
