@@ -343,11 +343,11 @@ def engine_run(scenario_path: Path, batch: int, groups: int, write_log: bool) ->
 def plan_ticks(batch: int, raw_items_per_s: float, seconds: float, latency: int) -> int:
     """Ticks for about `seconds` of steady state.
 
-    A guess at the tick time: the model work plus ~3 ms per tick and ~0.15 ms
-    per agent of runtime cost (what a 2-core VM showed); only the run's
-    length depends on it, not the figures.
+    A guess at the tick time: the model work plus ~1 ms per tick and ~20 us
+    per agent of runtime cost (what a 2-core VM showed, 2026-11-21); only the
+    run's length depends on it, not the figures.
     """
-    per_tick = batch / raw_items_per_s + 3e-3 + 1.5e-4 * batch
+    per_tick = batch / raw_items_per_s + 1e-3 + 2e-5 * batch
     warm = 1 + latency + math.ceil(VERIFY_MEMBERS / batch) + 2
     return warm + 1 + max(10 * SLICES, min(5000, int(seconds / per_tick)))
 
