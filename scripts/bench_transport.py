@@ -6,7 +6,10 @@ Measures, in one run on this machine, between two processes:
     the ring both through the lean bytes API (``Channel.call_bytes`` /
     ``reply_recv_bytes``, row "ring") and the general Record API
     (``Channel.call`` / ``reply_recv``, row "ring_records", same throughput);
-  * one-way throughput of 64-byte messages (batched where the transport allows);
+  * one-way throughput of 64-byte messages (batched where the transport allows):
+    the median of the rates over SLICES equal parts of the stream, so that a
+    burst of unrelated load on a shared VM skews one part rather than the
+    figure (the whole-stream rate is in the JSON as ``msgs_per_s_mean``);
   * for ring and Pipe, the round trip to a peer that has gone to sleep
     (``asleep_rtt_us_*``: the kernel wake-up path, paid by every handoff to an
     idle process).
@@ -30,6 +33,30 @@ MSG_BYTES = 64
 #: longer than the ring's spin phase, so the echo side always blocks.
 ASLEEP_GAP_S = 0.002
 KIND = 1
+#: Throughput is the median rate over this many equal parts of each stream.
+SLICES = 5
+
+
+class _Rate:
+    """Timestamps a stream of ``total`` messages at each of SLICES equal parts."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.cuts = [total * k // SLICES for k in range(1, SLICES + 1)]
+        self.marks = [(0, time.perf_counter())]
+
+    def at(self, got: int) -> None:
+        """Call with the running count; cheap when no cut was crossed."""
+        if self.cuts and got >= self.cuts[0]:
+            # One mark even when a batch crosses several cuts: parts stay non-empty.
+            while self.cuts and got >= self.cuts[0]:
+                self.cuts.pop(0)
+            self.marks.append((got, time.perf_counter()))
+
+    def result(self) -> dict:
+        (n0, t0), (n1, t1) = self.marks[0], self.marks[-1]
+        rates = [(b - a) / (tb - ta) for (a, ta), (b, tb) in zip(self.marks, self.marks[1:])]
+        return {"msgs_per_s": float(np.median(rates)), "msgs_per_s_mean": (n1 - n0) / (t1 - t0)}
 
 
 # ---- children (module level so the spawn start method can import them) ----
@@ -71,6 +98,7 @@ def _ring_produce(name: str, total: int, batch: int) -> None:
         b = RecordBatch.from_arrays(kind=KIND, source=1, destination=2, tick=0,
                                     seq=np.arange(batch), payload_len=np.full(batch, MSG_BYTES),
                                     payload=payload)
+        ch.send.push(KIND, b"ready", timeout_s=30)
         ch.recv.pop(timeout_s=30)  # start signal
         sent = 0
         while sent < total:
@@ -87,6 +115,7 @@ def _pipe_echo(conn, n: int) -> None:
 
 def _pipe_produce(conn, total: int, batch: int) -> None:
     msg = bytes(MSG_BYTES)
+    conn.send_bytes(b"ready")
     conn.recv_bytes()
     if batch == 1:
         for _ in range(total):
@@ -104,6 +133,7 @@ def _queue_echo(qin, qout, n: int) -> None:
 
 def _queue_produce(qin, qout, total: int) -> None:
     msg = bytes(MSG_BYTES)
+    qout.put(b"ready")
     qin.get()
     for _ in range(total):
         qout.put(msg)
@@ -125,6 +155,7 @@ def _zmq_produce(addr: str, total: int) -> None:
     s = zmq.Context.instance().socket(zmq.PAIR)
     s.connect(addr)
     msg = bytes(MSG_BYTES)
+    s.send(b"ready")
     s.recv()
     for _ in range(total):
         s.send(msg)
@@ -178,8 +209,11 @@ def bench_ring(ctx, rtt_n: int, tput_n: int, batch: int, lean: bool = True) -> d
         p = ctx.Process(target=_ring_produce, args=(ch.name, tput_n, batch))
         p.start()
         got = 0
+        # The clock starts once the producer is up (a spawned process takes
+        # ~0.1-0.3 s to start: that is not transport throughput).
+        ch.recv.pop(timeout_s=60)
         ch.send.push(KIND, b"go", timeout_s=30)
-        t0 = time.perf_counter()
+        rate = _Rate(tput_n)
         # A streaming consumer: each batch is read in place (checked: the last
         # record's seq), so the receive buffers need no per-batch copy.
         last = -1
@@ -191,10 +225,10 @@ def bench_ring(ctx, rtt_n: int, tput_n: int, batch: int, lean: bool = True) -> d
                     raise SystemExit("ring throughput run lost or reordered records")
                 last = int(seq[-1])
             got += len(b)
-        dt = time.perf_counter() - t0
+            rate.at(got)
         p.join(30)
     p50, p99 = _pct(times)
-    return {"rtt_us_p50": p50, "rtt_us_p99": p99, "msgs_per_s": tput_n / dt, "batch": batch}
+    return {"rtt_us_p50": p50, "rtt_us_p99": p99, **rate.result(), "batch": batch}
 
 
 def _pipe_rtt(ctx, rtt_n: int, gap_s: float = 0.0) -> list:
@@ -222,15 +256,16 @@ def bench_pipe(ctx, rtt_n: int, tput_n: int, batch: int = 1) -> dict:
     a, b = ctx.Pipe()
     p = ctx.Process(target=_pipe_produce, args=(b, tput_n, batch))
     p.start()
+    a.recv_bytes()  # the producer is up
     a.send_bytes(b"go")
-    t0 = time.perf_counter()
+    rate = _Rate(tput_n)
     got = 0
     while got < tput_n:
         got += len(a.recv_bytes()) // MSG_BYTES
-    dt = time.perf_counter() - t0
+        rate.at(got)
     p.join(30)
     p50, p99 = _pct(times)
-    return {"rtt_us_p50": p50, "rtt_us_p99": p99, "msgs_per_s": tput_n / dt, "batch": batch}
+    return {"rtt_us_p50": p50, "rtt_us_p99": p99, **rate.result(), "batch": batch}
 
 
 def bench_queue(ctx, rtt_n: int, tput_n: int) -> dict:
@@ -251,14 +286,15 @@ def bench_queue(ctx, rtt_n: int, tput_n: int) -> dict:
     qin, qout = ctx.Queue(), ctx.Queue()
     p = ctx.Process(target=_queue_produce, args=(qin, qout, tput_n))
     p.start()
+    qout.get()  # the producer is up
     qin.put(b"go")
-    t0 = time.perf_counter()
-    for _ in range(tput_n):
+    rate = _Rate(tput_n)
+    for i in range(1, tput_n + 1):
         qout.get()
-    dt = time.perf_counter() - t0
+        rate.at(i)
     p.join(30)
     p50, p99 = _pct(times)
-    return {"rtt_us_p50": p50, "rtt_us_p99": p99, "msgs_per_s": tput_n / dt, "batch": 1}
+    return {"rtt_us_p50": p50, "rtt_us_p99": p99, **rate.result(), "batch": 1}
 
 
 def bench_zmq(ctx, rtt_n: int, tput_n: int) -> dict | None:
@@ -287,11 +323,13 @@ def bench_zmq(ctx, rtt_n: int, tput_n: int) -> dict | None:
         else:
             p = ctx.Process(target=_zmq_produce, args=(addr, tput_n))
             p.start()
+            s.recv()  # the producer is up
             s.send(b"go")
-            t0 = time.perf_counter()
-            for _ in range(tput_n):
+            rate = _Rate(tput_n)
+            for i in range(1, tput_n + 1):
                 s.recv()
-            results["msgs_per_s"] = tput_n / (time.perf_counter() - t0)
+                rate.at(i)
+            results.update(rate.result())
         p.join(30)
         s.close(0)
         try:
@@ -305,7 +343,7 @@ def bench_zmq(ctx, rtt_n: int, tput_n: int) -> dict | None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rtt-n", type=int, default=20000, help="round trips per transport")
-    ap.add_argument("--tput-n", type=int, default=2_000_000, help="messages for ring throughput")
+    ap.add_argument("--tput-n", type=int, default=5_000_000, help="messages for ring throughput")
     ap.add_argument("--slow-tput-n", type=int, default=200_000, help="messages for pipe/queue throughput")
     ap.add_argument("--asleep-n", type=int, default=300, help="round trips to a sleeping peer")
     ap.add_argument("--batch", type=int, default=1024, help="records per ring push_batch")
@@ -323,7 +361,7 @@ def main(argv=None) -> int:
     rec = _ring_rtt(ctx, args.rtt_n, lean=False)
     p50, p99 = _pct(rec)
     res["ring_records"] = {"rtt_us_p50": p50, "rtt_us_p99": p99, "msgs_per_s": res["ring"]["msgs_per_s"],
-                           "batch": args.batch}
+                           "msgs_per_s_mean": res["ring"]["msgs_per_s_mean"], "batch": args.batch}
     res["pipe"] = bench_pipe(ctx, args.rtt_n, args.slow_tput_n)
     res["pipe_batched"] = bench_pipe(ctx, 200, args.tput_n // 4 // args.batch * args.batch, args.batch)
     res["queue"] = bench_queue(ctx, args.rtt_n, args.slow_tput_n)
