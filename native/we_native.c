@@ -478,9 +478,30 @@ static uint64_t put_record(ring_t *r, uint64_t w, const we_record_header *src,
     return w + total;
 }
 
-int we_ring_push(uint8_t *base, uint64_t size, uint64_t ring_off, const we_record_header *hdrs,
-                 uint32_t count, const uint8_t *payload, uint64_t payload_bytes,
-                 int64_t timeout_ns, uint32_t spin_iters, uint32_t *pushed, uint64_t *err_off) {
+/* The write index, and a read index no later than the real one: the
+ * caller's cached copy when that leaves room for `need` bytes (no load of
+ * the consumer's cache line, which it writes on every pop), else the real
+ * one, validated and cached. */
+static int push_indices(ring_t *r, uint64_t *rd_cache, uint64_t need, uint64_t *w, uint64_t *rd,
+                        uint64_t *err_off) {
+    if (rd_cache != NULL) {
+        uint64_t cw = __atomic_load_n(RH64(r, WE_RH_WRITE_INDEX), RLX); /* our own store */
+        uint64_t c = *rd_cache;
+        if (cw >= c && cw - c <= r->cap && (cw % 8) == 0 && r->cap - (cw - c) >= need) {
+            *w = cw;
+            *rd = c;
+            return WE_OK;
+        }
+    }
+    int rc = ring_indices(r, w, rd, err_off);
+    if (rc == WE_OK && rd_cache != NULL) *rd_cache = *rd;
+    return rc;
+}
+
+static int ring_push(uint8_t *base, uint64_t size, uint64_t ring_off, const we_record_header *hdrs,
+                     uint32_t count, const uint8_t *payload, uint64_t payload_bytes,
+                     int64_t timeout_ns, uint32_t spin_iters, uint32_t *pushed, uint64_t *err_off,
+                     uint64_t *rd_cache) {
     ring_t r;
     *pushed = 0;
     int rc = ring_open(base, size, ring_off, &r, err_off);
@@ -503,7 +524,9 @@ int we_ring_push(uint8_t *base, uint64_t size, uint64_t ring_off, const we_recor
     uint32_t i = 0;
     while (i < count) {
         uint64_t w, rd;
-        rc = ring_indices(&r, &w, &rd, err_off);
+        /* Room for the next record wherever it lands (wrap padding included). */
+        uint64_t first = 2 * (WE_RECORD_HEADER_BYTES + align8(hdrs[i].payload_len));
+        rc = push_indices(&r, rd_cache, first, &w, &rd, err_off);
         if (rc) return rc;
         uint64_t free_bytes = r.cap - (w - rd);
         uint32_t start = i;
@@ -533,6 +556,13 @@ int we_ring_push(uint8_t *base, uint64_t size, uint64_t ring_off, const we_recor
         if (rc != WE_OK) return rc;
     }
     return WE_OK;
+}
+
+int we_ring_push(uint8_t *base, uint64_t size, uint64_t ring_off, const we_record_header *hdrs,
+                 uint32_t count, const uint8_t *payload, uint64_t payload_bytes,
+                 int64_t timeout_ns, uint32_t spin_iters, uint32_t *pushed, uint64_t *err_off) {
+    return ring_push(base, size, ring_off, hdrs, count, payload, payload_bytes, timeout_ns,
+                     spin_iters, pushed, err_off, NULL);
 }
 
 int we_ring_push_one(uint8_t *base, uint64_t size, uint64_t ring_off, uint16_t kind,
@@ -607,16 +637,17 @@ int we_ring_pop(uint8_t *base, uint64_t size, uint64_t ring_off, we_record_heade
     return rc;
 }
 
-int we_ring_exchange(const we_ring_ref *out, const we_ring_ref *in, uint16_t kind,
+int we_ring_exchange(we_ring_ref *out, const we_ring_ref *in, uint16_t kind,
                      uint32_t source, uint32_t destination, uint64_t tick, uint32_t seq,
                      const char *payload, uint32_t payload_len, we_record_header *reply,
                      uint8_t *reply_payload, uint32_t reply_cap, int64_t timeout_ns,
                      uint64_t *err_off) {
     int rc;
     if (out != NULL) {
-        rc = we_ring_push_one(out->base, out->size, out->ring_off, kind, 0, source, destination,
-                              tick, seq, payload, payload_len, timeout_ns, out->spin_iters,
-                              err_off);
+        we_record_header h = {kind, 0, payload_len, source, destination, tick, seq, 0};
+        uint32_t pushed;
+        rc = ring_push(out->base, out->size, out->ring_off, &h, 1, (const uint8_t *)payload,
+                       payload_len, timeout_ns, out->spin_iters, &pushed, err_off, &out->read_cache);
         if (rc) return rc == WE_TIMEOUT ? WE_ERR_FULL_TIMEOUT : rc;
     }
     uint32_t popped;

@@ -32,7 +32,7 @@
 #define WE_ERR_EMPTY_TIMEOUT -13 /* exchange: no reply arrived before the timeout */
 
 #define WE_RING_MAGIC 0x47524557u /* "WERG" little-endian */
-#define WE_RING_VERSION 1
+#define WE_RING_VERSION 2
 #define WE_RING_HEADER_BYTES 256
 #define WE_RECORD_HEADER_BYTES 32
 #define WE_RECORD_ALIGN 8
@@ -65,11 +65,11 @@ typedef struct {
 #define WE_RH_RING_ID 28
 #define WE_RH_WRITE_INDEX 64
 #define WE_RH_DATA_SEQ 72
-#define WE_RH_PRODUCER_SLEEPING 76
+#define WE_RH_PRODUCER_SLEEPING 192
 #define WE_RH_RECORDS_PUSHED 80
 #define WE_RH_READ_INDEX 128
 #define WE_RH_SPACE_SEQ 136
-#define WE_RH_CONSUMER_SLEEPING 140
+#define WE_RH_CONSUMER_SLEEPING 196
 #define WE_RH_RECORDS_POPPED 144
 
 /* Layout introspection so Python can check its declarations at import. */
@@ -123,11 +123,16 @@ typedef struct {
     uint64_t ring_off;
     uint32_t spin_iters;
     uint32_t reserved;
+    /* Producer side only: the read index last seen (private, never shared).
+     * The real one only grows, so free space computed from this is never
+     * more than there is; a push reloads the real one only when it looks
+     * short of room. 0 = not seen yet. */
+    uint64_t read_cache;
 } we_ring_ref;
 
 /* Push one record to `out` (skipped when out is NULL), then pop one from
  * `in`: a request/response (or reply-then-receive) in a single call. */
-int we_ring_exchange(const we_ring_ref *out, const we_ring_ref *in, uint16_t kind,
+int we_ring_exchange(we_ring_ref *out, const we_ring_ref *in, uint16_t kind,
                      uint32_t source, uint32_t destination, uint64_t tick, uint32_t seq,
                      const char *payload, uint32_t payload_len, we_record_header *reply,
                      uint8_t *reply_payload, uint32_t reply_cap, int64_t timeout_ns,

@@ -12,7 +12,7 @@ import numpy as np
 from ..native import lib
 from ._errors import LayoutError
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 #: Record header (32 bytes, little-endian, 8-byte aligned in the ring).
 RECORD_HEADER_FIELDS = (
@@ -42,7 +42,9 @@ KIND_WRAP = 0xFFFF
 KIND_MIN, KIND_MAX = 1, 0xFFFE
 
 #: Ring header (256 bytes = 4 cache lines). Line 0 is written once at
-#: creation; line 1 only by the producer; line 2 only by the consumer.
+#: creation; line 1 only by the producer; line 2 only by the consumer; line 3
+#: holds the sleeping flags, written only around a futex wait, so that the
+#: peer's check of them on every publish/release reads no hot line.
 RING_HEADER_FIELDS = (
     ("magic", "<u4", 0),
     ("version", "<u2", 4),
@@ -54,12 +56,12 @@ RING_HEADER_FIELDS = (
     ("ring_id", "<u4", 28),
     ("write_index", "<u8", 64),
     ("data_seq", "<u4", 72),
-    ("producer_sleeping", "<u4", 76),
-    ("records_pushed", "<u8", 80),
+        ("records_pushed", "<u8", 80),
     ("read_index", "<u8", 128),
     ("space_seq", "<u4", 136),
-    ("consumer_sleeping", "<u4", 140),
-    ("records_popped", "<u8", 144),
+        ("records_popped", "<u8", 144),
+    ("producer_sleeping", "<u4", 192),
+    ("consumer_sleeping", "<u4", 196),
 )
 RING_HEADER_BYTES = 256
 RING_MAGIC = 0x47524557  # b"WERG" little-endian

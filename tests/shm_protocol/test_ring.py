@@ -453,3 +453,43 @@ def test_fast_call_bytes_argument_handling_timeouts_and_close():
     del ch2
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("latency_path", ["fast", "reference"])
+def test_exchange_read_cache_across_wraps_and_a_full_ring(latency_path):
+    """The exchange path pushes against a cached read index (docs/PROTOCOL.md):
+    it must never overwrite unread records, must notice space the consumer
+    freed, and must agree with plain pushes on the same ring."""
+    with Channel.create(capacity_bytes=1024, max_record_bytes=256, latency_path=latency_path) as ch:
+        peer = Channel.attach(ch.name)
+        try:
+            ch.set_call_header(5)
+            sent = []
+            for i in range(400):  # ~60 wraps of the 1 KiB ring
+                payload = bytes((i + j) & 0xFF for j in range(i % 97))
+                peer.send.push(6, b"r%d" % i, timeout_s=0)
+                assert ch.call_bytes(payload, timeout_s=0) == b"r%d" % i
+                sent.append(payload)
+                if i % 7 == 0:  # a plain push in between, from the same side
+                    ch.send.push(9, b"p%d" % i, timeout_s=0)
+                    sent.append(b"p%d" % i)
+                if i % 3 == 2:  # let requests pile up, then drain them all
+                    got = [r.payload for r in peer.recv.pop_batch(timeout_s=0).records()]
+                    assert got == sent
+                    sent.clear()
+            assert [r.payload for r in peer.recv.pop_batch(timeout_s=0).records()] == sent
+            # Fill the ring through the exchange path: it reports full, never overwrites.
+            big = bytes(200)
+            n = 0
+            with pytest.raises(RingFullError):
+                while n < 10:
+                    ch.call_bytes(big, timeout_s=0)
+                    n += 1
+            assert 0 < n < 10
+            assert len(peer.recv.pop_batch(timeout_s=0)) == n
+            # The consumer freed everything: the next call must see it.
+            peer.send.push(6, b"ok", timeout_s=0)
+            assert ch.call_bytes(big, timeout_s=0) == b"ok"
+            assert peer.recv.pop(timeout_s=0).payload == big
+        finally:
+            peer.close()
