@@ -20,3 +20,17 @@ def test_bench_transport_json_shape():
     for k in ("ring", "pipe"):
         assert res[k]["asleep_rtt_us_p50"] > 0
     assert set(res["targets"]) >= {"ring_rtt_vs_pipe", "ring_tput_vs_queue"}
+
+
+def test_bench_runtime_json_shape():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/bench_runtime.py"), "--json", "--agents", "20", "--ticks", "4",
+         "--workers", "1"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout.strip().splitlines()
+    (run,) = json.loads(out[-1])["runs"]
+    assert run["agents"] == 20 and run["ticks"] == 4 and run["agent_steps"] == 80
+    assert run["steady_agent_steps_per_s"] > 0 and run["final_tick_s"] >= 0 and run["startup_s"] > 0
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts/bench_runtime.py"), "--ticks", "2"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--ticks must be >= 3" in bad.stderr
