@@ -56,6 +56,14 @@ stepping of tick t+1 overlaps the inference of tick t only when the scenario's
 `inference_latency_ticks` is >= 2 (with 1, a tick starts by waiting for the
 previous tick's results); --latency sets it (default 2).
 
+Where the engine's time goes: over the same steady-state window, the CPU time
+(user + system) of the supervisor (this process), the agent groups and the
+inference process, per tick (JSON: engine_cpu_us_per_tick, engine_tick_us),
+printed with "busy cores" = their sum / the tick time.  Near the machine's
+core count the run is CPU-bound, and the process with the largest share is
+the one to make cheaper; well below it, time goes to waiting (hand-offs,
+wake-ups).
+
 Models are built into a temporary directory: the tensor model by
 scripts/make_tiny_tensor_model.py --dims (default 256,1024,1024,16: ~1.3 M
 multiply-adds per item), the LM by scripts/make_tiny_lm.py --steps 0
@@ -298,19 +306,46 @@ def write_scenario(work: Path, model_id: str, model: dict, batch: int, ticks: in
     return path
 
 
+def _cpu_s(sup) -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process (the supervisor),
+    the inference process and the agent groups together."""
+    import psutil
+
+    me = psutil.Process()
+    t = me.cpu_times()
+    out = {"supervisor": t.user + t.system, "groups": 0.0, "inference": 0.0}
+    inf = getattr(sup.inference, "proc", None)
+    for c in me.children():
+        try:
+            if "resource_tracker" in " ".join(c.cmdline()):
+                continue
+            t = c.cpu_times()
+        except psutil.Error:
+            continue
+        out["inference" if inf is not None and c.pid == inf.pid else "groups"] += t.user + t.system
+    return out
+
+
 def engine_run(scenario_path: Path, batch: int, groups: int, write_log: bool) -> dict:
     from wasm_engine.orchestrator import Supervisor, load_scenario
 
     sc = load_scenario(scenario_path)
     latency, ticks = sc.inference_latency_ticks, sc.ticks
     marks: dict[int, float] = {}
+    warm = math.ceil(VERIFY_MEMBERS / batch) + 2
+    d0 = 1 + latency + warm
+    d1 = ticks - 1
+    cpu: dict[int, dict[str, float]] = {}
 
     def progress(done, total, steps, elapsed_s):
         marks[done] = time.perf_counter()
+        if done in (d0, d1):
+            cpu[done] = _cpu_s(sup)
 
     t0 = time.perf_counter()
-    summary = Supervisor(sc, groups=groups, transport="process", progress=progress,
-                         log_path=sc.log_path if write_log else None).run()
+    sup = Supervisor(sc, groups=groups, transport="process", progress=progress,
+                     log_path=sc.log_path if write_log else None)
+    summary = sup.run()
     wall = time.perf_counter() - t0
     expected = batch * max(0, ticks - latency)
     if summary.traps or summary.quarantined or summary.extra.get("inference_requests") != expected:
@@ -319,9 +354,6 @@ def engine_run(scenario_path: Path, batch: int, groups: int, write_log: bool) ->
                          f"requests {summary.extra.get('inference_requests')} of {expected})")
     # marks[d] = end of tick d-1; by then the results of ticks <= d-1-latency
     # have come back, so from d0 to d1 exactly (d1 - d0) ticks' results did.
-    warm = math.ceil(VERIFY_MEMBERS / batch) + 2
-    d0 = 1 + latency + warm
-    d1 = ticks - 1
     if d1 - d0 < SLICES:
         raise SystemExit(f"{scenario_path.name}: too few ticks ({ticks}) for a steady-state window")
     steady = marks[d1] - marks[d0]
@@ -337,6 +369,11 @@ def engine_run(scenario_path: Path, batch: int, groups: int, write_log: bool) ->
         "engine_startup_s": marks[1] - t0,
         "engine_wall_s": wall,
         "engine_provider": models[0].get("provider"),
+        # Where the steady state's CPU went, per tick: with the tick time
+        # (1e6 / ticks per s) and the machine's cores this says whether a run
+        # is CPU-bound and which process to make cheaper.
+        "engine_cpu_us_per_tick": {k: (cpu[d1][k] - cpu[d0][k]) / (d1 - d0) * 1e6 for k in cpu[d0]},
+        "engine_tick_us": steady / (d1 - d0) * 1e6,
     }
 
 
@@ -487,6 +524,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"core = InferenceEngine.execute in-process (no IPC, no wasm); engine = {args.groups} worker group(s), "
           f"inference_latency_ticks = {args.latency}; target ratio >= {TARGET_RATIO} at batch >= "
           f"{TARGET_MIN_BATCH}; total {total:.0f} s")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    print(f"engine steady state, CPU us per tick (user + system) on {cores} cores:")
+    print(f"{'model':<9}{'batch':>6}{'tick us':>9}{'supervisor':>12}{'groups':>9}{'inference':>11}{'busy cores':>12}")
+    for model_id, per_batch in results.items():
+        for batch, r in per_batch.items():
+            c, tick = r["engine_cpu_us_per_tick"], r["engine_tick_us"]
+            print(f"{model_id:<9}{batch:>6}{tick:>9,.0f}{c['supervisor']:>12,.0f}{c['groups']:>9,.0f}"
+                  f"{c['inference']:>11,.0f}{sum(c.values()) / tick:>12.2f}")
     if args.json:
         out = dict(results)
         out["machine"] = machine_info() | {"loadavg_at_start": load_start}

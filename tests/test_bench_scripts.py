@@ -34,3 +34,19 @@ def test_bench_runtime_json_shape():
     bad = subprocess.run([sys.executable, str(ROOT / "scripts/bench_runtime.py"), "--ticks", "2"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--ticks must be >= 3" in bad.stderr
+
+
+def test_bench_inference_json_shape():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/bench_inference.py"), "--json", "--models", "tensor", "--batches", "2",
+         "--seconds", "0.1", "--tensor-dims", "8,4", "--provider", "cpu"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout.strip().splitlines()
+    r = json.loads(out[-1])["tensor"]["2"]
+    assert {"raw_items_per_s", "engine_items_per_s", "ratio", "overhead_us_per_request"} <= r.keys()
+    assert r["engine_items_per_s"] > 0 and r["ratio"] > 0
+    cpu = r["engine_cpu_us_per_tick"]
+    assert set(cpu) == {"supervisor", "groups", "inference"}
+    # CPU times tick in 10 ms steps: over this short window one process may show none.
+    assert min(cpu.values()) >= 0 and sum(cpu.values()) > 0 and r["engine_tick_us"] > 0
+    assert any(line.startswith("engine steady state, CPU us per tick") for line in out)
