@@ -50,3 +50,14 @@ def test_bench_inference_json_shape():
     # CPU times tick in 10 ms steps: over this short window one process may show none.
     assert min(cpu.values()) >= 0 and sum(cpu.values()) > 0 and r["engine_tick_us"] > 0
     assert any(line.startswith("engine steady state, CPU us per tick") for line in out)
+
+
+def test_bench_hostcall_json_shape():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/bench_hostcall.py"), "--json", "--agents", "5", "--ticks", "3",
+         "--calls", "4", "--repeats", "1"],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout.strip().splitlines()
+    r = json.loads(out[-1])
+    for host in ("fast", "reference"):
+        assert r[host]["step_us"] > 0 and "host_call_us" in r[host]
