@@ -44,7 +44,7 @@ def test_bench_inference_json_shape():
     ).stdout.strip().splitlines()
     r = json.loads(out[-1])["tensor"]["2"]
     assert {"raw_items_per_s", "engine_items_per_s", "ratio", "overhead_us_per_request"} <= r.keys()
-    assert r["engine_items_per_s"] > 0 and r["ratio"] > 0
+    assert r["engine_items_per_s"] > 0 and r["ratio"] > 0 and r["raw_items_per_s_after"] > 0
     cpu = r["engine_cpu_us_per_tick"]
     assert set(cpu) == {"supervisor", "groups", "inference"}
     # CPU times tick in 10 ms steps: over this short window one process may show none.
