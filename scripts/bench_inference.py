@@ -59,13 +59,13 @@ previous tick's results); --latency sets it (default 2).
 Where the engine's time goes: over the same steady-state window, the CPU time
 (user + system) of the supervisor (this process), the agent groups and the
 inference process, per tick (JSON: engine_cpu_us_per_tick, engine_tick_us),
-printed with "busy cores" = their sum / the tick time.  Raw is measured
-again right after each engine run (raw_items_per_s_after, half as long): on
-a shared VM whose speed drifts, "raw after/before" far from 1 says that
-configuration's ratio straddles a speed change; the ratio is not adjusted.  Near the machine's
+printed with "busy cores" = their sum / the tick time.  Near the machine's
 core count the run is CPU-bound, and the process with the largest share is
 the one to make cheaper; well below it, time goes to waiting (hand-offs,
-wake-ups).
+wake-ups).  Raw is measured again right after each engine run
+(raw_items_per_s_after, half as long): on a shared VM whose speed drifts,
+"raw after/before" far from 1 says that configuration's ratio straddles a
+speed change; the ratio is not adjusted.
 
 Models are built into a temporary directory: the tensor model by
 scripts/make_tiny_tensor_model.py --dims (default 256,1024,1024,16: ~1.3 M
@@ -314,18 +314,13 @@ def _cpu_s(sup) -> dict[str, float]:
     the inference process and the agent groups together."""
     import psutil
 
-    me = psutil.Process()
-    t = me.cpu_times()
+    from _proc_cpu import children_cpu_s
+
+    t = psutil.Process().cpu_times()
     out = {"supervisor": t.user + t.system, "groups": 0.0, "inference": 0.0}
     inf = getattr(sup.inference, "proc", None)
-    for c in me.children():
-        try:
-            if "resource_tracker" in " ".join(c.cmdline()):
-                continue
-            t = c.cpu_times()
-        except psutil.Error:
-            continue
-        out["inference" if inf is not None and c.pid == inf.pid else "groups"] += t.user + t.system
+    for pid, cpu_s in children_cpu_s().items():
+        out["inference" if inf is not None and pid == inf.pid else "groups"] += cpu_s
     return out
 
 
@@ -483,8 +478,9 @@ def main(argv: list[str] | None = None) -> int:
             payload = request_payload(model)
             results[model_id] = {}
             for batch in args.batches:
+                raw = raw_tensor if model["kind"] == "tensor" else raw_lm
                 log(f"[{model_id} batch {batch}] raw ...")
-                r = (raw_tensor if model["kind"] == "tensor" else raw_lm)(model, batch, args.provider, args.seconds)
+                r = raw(model, batch, args.provider, args.seconds)
                 if not args.no_core:
                     log(f"[{model_id} batch {batch}] core (engine in-process) ...")
                     r.update(core_engine(model_id, model, batch, args.provider, payload, args.seconds))
@@ -496,9 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                 # difference says the ratio straddles a speed change (the
                 # ratio itself stays engine / raw-before, as defined above).
                 log(f"[{model_id} batch {batch}] raw again ...")
-                again = (raw_tensor if model["kind"] == "tensor" else raw_lm)(model, batch, args.provider,
-                                                                                 args.seconds / 2)
-                r["raw_items_per_s_after"] = again["raw_items_per_s"]
+                r["raw_items_per_s_after"] = raw(model, batch, args.provider, args.seconds / 2)["raw_items_per_s"]
                 r["ratio"] = r["engine_items_per_s"] / r["raw_items_per_s"]
                 r["overhead_us_per_request"] = (1 / r["engine_items_per_s"] - 1 / r["raw_items_per_s"]) * 1e6
                 r["meets_target"] = (r["ratio"] >= TARGET_RATIO) if batch >= TARGET_MIN_BATCH else None

@@ -56,23 +56,16 @@ def bench(scenario_path: Path, agents: int, ticks: int, workers: int) -> dict:
 def bench_barrier(scenario_path: Path, agents: int, ticks: int, groups: int) -> dict:
     """CPU burned by groups that only wait: all agents in group 0, the rest idle at the barrier."""
     import numpy as np
-    import psutil
 
+    from _proc_cpu import children_cpu_s
     from wasm_engine.orchestrator import Supervisor, load_scenario
 
     sc = load_scenario(scenario_path)
     sc = dataclasses.replace(sc, kinds=(dataclasses.replace(sc.kinds[0], count=agents),)).with_overrides(ticks=ticks)
-    me = psutil.Process()
     cpu = {}
 
     def progress(done, total, steps, elapsed_s):
-        for c in me.children():
-            try:
-                if "resource_tracker" not in " ".join(c.cmdline()):
-                    t = c.cpu_times()
-                    cpu[c.pid] = t.user + t.system
-            except psutil.Error:
-                pass
+        cpu.update(children_cpu_s())
 
     t0 = time.perf_counter()
     Supervisor(sc, groups=groups, assignment=np.zeros(agents, np.int64), transport="process", progress=progress).run()
