@@ -665,15 +665,22 @@ int64_t we_exchange(we_exchange_ctx *c, const char *payload, uint32_t payload_le
     return (int64_t)c->rep.payload_len;
 }
 
-int we_gather(const uint8_t *src, uint64_t src_len, const int64_t *starts, const int64_t *lens,
-              uint64_t n, uint8_t *dst, uint64_t dst_len, uint64_t *err_index) {
+int we_gather_records(const uint8_t *src, uint64_t src_len, const int64_t *offsets, uint64_t n_src,
+                      const int64_t *index, uint64_t n, uint8_t *dst, uint64_t dst_len, uint64_t *err_index) {
     uint64_t total = 0;
     for (uint64_t i = 0; i < n; i++) {
-        if (starts[i] < 0 || lens[i] < 0 || !in_bounds(src_len, (uint64_t)starts[i], (uint64_t)lens[i])) {
+        int64_t j = index[i];
+        if (j < 0) j += (int64_t)n_src;
+        if (j < 0 || (uint64_t)j >= n_src) {
             *err_index = i;
             return WE_ERR_BOUNDS;
         }
-        total += (uint64_t)lens[i];
+        int64_t lo = offsets[j], hi = offsets[j + 1];
+        if (lo < 0 || hi < lo || !in_bounds(src_len, (uint64_t)lo, (uint64_t)(hi - lo))) {
+            *err_index = i;
+            return WE_ERR_BOUNDS;
+        }
+        total += (uint64_t)(hi - lo);
     }
     if (total > dst_len) {
         *err_index = n;
@@ -681,8 +688,10 @@ int we_gather(const uint8_t *src, uint64_t src_len, const int64_t *starts, const
     }
     uint64_t off = 0;
     for (uint64_t i = 0; i < n; i++) {
-        if (lens[i]) memcpy(dst + off, src + starts[i], (size_t)lens[i]);
-        off += (uint64_t)lens[i];
+        int64_t j = index[i] < 0 ? index[i] + (int64_t)n_src : index[i];
+        uint64_t len = (uint64_t)(offsets[j + 1] - offsets[j]);
+        if (len) memcpy(dst + off, src + offsets[j], (size_t)len);
+        off += len;
     }
     return WE_OK;
 }

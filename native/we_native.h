@@ -138,12 +138,14 @@ int we_ring_exchange(we_ring_ref *out, const we_ring_ref *in, uint16_t kind,
                      uint8_t *reply_payload, uint32_t reply_cap, int64_t timeout_ns,
                      uint64_t *err_off);
 
-/* Gather variable-length payloads: dst receives src[starts[i] .. +lens[i]]
- * for i = 0..n-1, back to back. Every range is checked against src_len and
- * the total against dst_len first; on a bad range nothing is copied and
- * WE_ERR_BOUNDS is returned with *err_index set. */
-int we_gather(const uint8_t *src, uint64_t src_len, const int64_t *starts, const int64_t *lens,
-              uint64_t n, uint8_t *dst, uint64_t dst_len, uint64_t *err_index);
+/* Gather the payloads of selected records, back to back into dst: record
+ * index[i] (negative counts from the end, as in numpy) of a batch whose n_src
+ * payloads lie at src[offsets[j] .. offsets[j+1]] (offsets has n_src + 1
+ * entries). Every index and range is checked against src_len, and the total
+ * against dst_len, first; on a bad one nothing is copied and WE_ERR_BOUNDS is
+ * returned with *err_index set (n: dst too small). */
+int we_gather_records(const uint8_t *src, uint64_t src_len, const int64_t *offsets, uint64_t n_src,
+                      const int64_t *index, uint64_t n, uint8_t *dst, uint64_t dst_len, uint64_t *err_index);
 
 /* Request/response context: everything a latency-path exchange needs, set
  * up once, so each call passes three arguments. `req` carries the header of

@@ -20,6 +20,12 @@ from ._layout import KIND_MAX, KIND_MIN, RECORD_DTYPE
 _RAW_HEADER = np.dtype((np.void, RECORD_DTYPE.itemsize))
 
 
+def _copy_headers(headers: np.ndarray) -> np.ndarray:
+    """A copy of a header array, made as opaque 32-byte items (about twice as
+    fast as a structured copy, which goes field by field)."""
+    return headers.view(_RAW_HEADER).copy().view(RECORD_DTYPE)
+
+
 class Record(NamedTuple):
     """One record, for convenience APIs (``Ring.push``/``Ring.pop``).
 
@@ -46,7 +52,7 @@ class RecordBatch:
             raise TypeError("headers must use RECORD_DTYPE")
         if payload.dtype != np.uint8 or payload.ndim != 1:
             raise TypeError("payload must be a 1-D uint8 array")
-        total = int(headers["payload_len"].sum(dtype=np.uint64)) if len(headers) else 0
+        total = int(np.add.reduce(headers["payload_len"], dtype=np.uint64)) if len(headers) else 0
         if total != len(payload):
             raise ValueError(f"payload is {len(payload)} bytes, headers declare {total}")
         self.headers = headers
@@ -116,7 +122,7 @@ class RecordBatch:
         if len(batches) == 1:
             if not copy:
                 return batches[0]
-            return cls._trusted(batches[0].headers.copy(), batches[0].payload.copy())
+            return cls._trusted(_copy_headers(batches[0].headers), batches[0].payload.copy())
         # Consistent batches concatenate into a consistent one: no re-check.
         return cls._trusted(
             np.concatenate([b.headers.view(_RAW_HEADER) for b in batches]).view(RECORD_DTYPE),
@@ -154,24 +160,24 @@ class RecordBatch:
     def slice(self, lo: int, hi: int) -> "RecordBatch":
         """Records lo..hi-1 as views (no copy): the cheap case of take()."""
         off = self.offsets
-        return RecordBatch(self.headers[lo:hi], self.payload[off[lo]:off[hi]])
+        # Views of a consistent batch are consistent: no re-check.
+        return RecordBatch._trusted(self.headers[lo:hi], self.payload[off[lo]:off[hi]])
 
     def take(self, index: np.ndarray) -> "RecordBatch":
-        """Records at ``index`` (any order, repeats allowed); payloads gathered
-        by one bounds-checked native memcpy loop (``take_reference`` is the numpy
-        version it is tested against)."""
-        index = np.asarray(index, dtype=np.int64)
-        headers = self.headers.take(index)
-        lens = headers["payload_len"].astype(np.int64)
-        total = int(lens.sum())
+        """Records at ``index`` (any order, repeats allowed, negative counts
+        from the end); payloads gathered by one bounds-checked native memcpy
+        loop (``take_reference`` is the numpy version it is tested against)."""
+        index = np.ascontiguousarray(index, dtype=np.int64)
+        headers = self.headers.take(index)  # raises IndexError like numpy
+        total = int(np.add.reduce(headers["payload_len"], dtype=np.uint64)) if len(index) else 0
         out = np.empty(total, np.uint8)
         if total:
-            starts = self.offsets[:-1].take(index)
             src = np.ascontiguousarray(self.payload)
             err = ffi.new("uint64_t *")
-            rc = lib.we_gather(ffi.from_buffer("uint8_t[]", src), len(src), ffi.from_buffer("int64_t[]", starts),
-                               ffi.from_buffer("int64_t[]", lens), len(index),
-                               ffi.from_buffer("uint8_t[]", out, require_writable=True), total, err)
+            rc = lib.we_gather_records(ffi.from_buffer("uint8_t[]", src), len(src),
+                                       ffi.from_buffer("int64_t[]", self.offsets), len(self.headers),
+                                       ffi.from_buffer("int64_t[]", index), len(index),
+                                       ffi.from_buffer("uint8_t[]", out, require_writable=True), total, err)
             if rc:
                 raise IndexError(f"record {err[0]} of the selection lies outside the payload buffer")
         return RecordBatch._trusted(headers, out)
@@ -199,7 +205,7 @@ class RecordBatch:
         prefix = np.ascontiguousarray(prefix, dtype=np.uint8).reshape(n, -1)
         k = prefix.shape[1]
         lens = self.headers["payload_len"].astype(np.int64)
-        headers = self.headers.copy()
+        headers = _copy_headers(self.headers)
         headers["payload_len"] = lens + k
         if lens.min() == lens.max():
             # Equal lengths (a tick's inference results, usually): the output
@@ -208,7 +214,7 @@ class RecordBatch:
             out = np.empty((n, k + size), np.uint8)
             out[:, :k] = prefix
             out[:, k:] = self.payload.reshape(n, size)
-            return RecordBatch(headers, out.reshape(-1))
+            return RecordBatch._trusted(headers, out.reshape(-1))
         new_lens = lens + k
         starts = np.zeros(n, np.int64)
         np.cumsum(new_lens[:-1], out=starts[1:])

@@ -24,7 +24,7 @@ from ._layout import (
     RING_MIN_CAPACITY,
     SEGMENT_HEADER_BYTES,
 )
-from ._records import Record, RecordBatch
+from ._records import Record, RecordBatch, _copy_headers
 from ._segment import Segment, _timeout_ns
 
 #: Default wait for push (ring full) and pop (ring empty): every wait has a limit.
@@ -239,7 +239,7 @@ class Ring:
         if not n:
             return RecordBatch.empty()
         h, p = self._hdr_out[:n], self._pay_out[: self._used_out[0]]
-        return RecordBatch._trusted(h.copy(), p.copy()) if copy else RecordBatch._trusted(h, p)
+        return RecordBatch._trusted(_copy_headers(h), p.copy()) if copy else RecordBatch._trusted(h, p)
 
     def stats(self) -> dict:
         used = ffi.new("uint64_t *")

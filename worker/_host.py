@@ -973,7 +973,10 @@ def _chunked(kind: int, arr: np.ndarray, tick: int, flags: int) -> RecordBatch:
 
 
 def unchunk(batch: RecordBatch, kind: int, dtype: np.dtype) -> np.ndarray:
-    sel = np.nonzero(batch.headers["kind"] == kind)[0]
-    if not len(sel):
+    """The ``dtype`` items that the records of ``kind`` carry (see _chunked), in record order."""
+    sel = np.flatnonzero(batch.headers["kind"] == kind).tolist()
+    if not sel:
         return np.zeros(0, dtype)
-    return np.frombuffer(batch.take(sel).payload.tobytes(), dtype)
+    # A few records per group (CHUNK_AGENTS items each): slices, not a gather.
+    off, pay = batch.offsets, batch.payload
+    return np.frombuffer(b"".join([pay[off[i]:off[i + 1]] for i in sel]), dtype)

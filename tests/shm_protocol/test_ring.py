@@ -250,7 +250,8 @@ def test_call_bytes_header_and_errors():
 def test_native_take_matches_numpy_reference(sizes, data):
     recs = [Record(1 + i % 5, bytes((i * 7 + j) & 0xFF for j in range(n)), seq=i) for i, n in enumerate(sizes)]
     b = RecordBatch.from_records(recs)
-    idx = np.array(data.draw(st.lists(st.integers(0, max(len(recs) - 1, 0)), max_size=60)) if recs else [],
+    # Negative indices count from the end, as in numpy.
+    idx = np.array(data.draw(st.lists(st.integers(-len(recs), len(recs) - 1), max_size=60)) if recs else [],
                    dtype=np.int64)
     fast, ref = b.take(idx), b.take_reference(idx)
     assert fast == ref and fast.records() == [recs[i] for i in idx]
@@ -294,6 +295,25 @@ def test_take_accepts_negative_indices_like_numpy():
     assert b.take(np.array([-1, 0, -2])).records() == [recs[-1], recs[0], recs[-2]]
     with pytest.raises(IndexError):
         b.take(np.array([4]))
+
+
+def test_take_refuses_a_payload_shorter_than_its_headers_say():
+    # The native gather trusts no offset: a batch whose payload buffer is
+    # shorter than its headers declare (only _trusted can build one) raises
+    # instead of reading past the buffer.
+    recs, b = _batch_of([8, 8, 8])
+    short = RecordBatch._trusted(b.headers, b.payload[:12])
+    with pytest.raises(IndexError, match="outside the payload buffer"):
+        short.take(np.array([0, 2]))
+    assert short.take(np.array([0])).records() == [recs[0]]
+
+
+def test_slices_are_views_that_take_like_the_whole():
+    recs, b = _batch_of([3, 0, 5, 2, 7])
+    s = b.slice(1, 4)
+    assert s.records() == recs[1:4]
+    assert s.take(np.array([2, 0, -1])).records() == [recs[3], recs[1], recs[3]]
+    assert np.shares_memory(s.payload, b.payload)
 
 
 def test_single_checks_kind_and_copies_payload():
