@@ -16,3 +16,20 @@ def children_cpu_s() -> dict[int, float]:
         except psutil.Error:
             pass
     return out
+
+
+def machine_steal_s() -> float | None:
+    """CPU seconds the hypervisor has taken from this machine's CPUs since boot
+    ("steal" in /proc/stat, all CPUs together); None where there is no such
+    counter.  On a shared VM a run whose processes seem to wait on each other
+    may instead have had a core taken away: the difference over a window says."""
+    import os
+
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if fields[:1] != ["cpu"] or len(fields) < 9:
+        return None
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")

@@ -62,7 +62,9 @@ inference process, per tick (JSON: engine_cpu_us_per_tick, engine_tick_us),
 printed with "busy cores" = their sum / the tick time.  Near the machine's
 core count the run is CPU-bound, and the process with the largest share is
 the one to make cheaper; well below it, time goes to waiting (hand-offs,
-wake-ups).  Raw is measured again right after each engine run
+wake-ups) -- or to the hypervisor: "stolen cores" is the CPU time it took
+from this VM over the window (/proc/stat steal, JSON engine_steal_us_per_tick)
+divided by the tick time.  Raw is measured again right after each engine run
 (raw_items_per_s_after, half as long): on a shared VM whose speed drifts,
 "raw after/before" far from 1 says that configuration's ratio straddles a
 speed change; the ratio is not adjusted.
@@ -325,6 +327,7 @@ def _cpu_s(sup) -> dict[str, float]:
 
 
 def engine_run(scenario_path: Path, batch: int, groups: int, write_log: bool) -> dict:
+    from _proc_cpu import machine_steal_s
     from wasm_engine.orchestrator import Supervisor, load_scenario
 
     sc = load_scenario(scenario_path)
@@ -335,10 +338,13 @@ def engine_run(scenario_path: Path, batch: int, groups: int, write_log: bool) ->
     d1 = ticks - 1
     cpu: dict[int, dict[str, float]] = {}
 
+    steal: dict[int, float | None] = {}
+
     def progress(done, total, steps, elapsed_s):
         marks[done] = time.perf_counter()
         if done in (d0, d1):
             cpu[done] = _cpu_s(sup)
+            steal[done] = machine_steal_s()
 
     t0 = time.perf_counter()
     sup = Supervisor(sc, groups=groups, transport="process", progress=progress,
@@ -372,6 +378,10 @@ def engine_run(scenario_path: Path, batch: int, groups: int, write_log: bool) ->
         # is CPU-bound and which process to make cheaper.
         "engine_cpu_us_per_tick": {k: (cpu[d1][k] - cpu[d0][k]) / (d1 - d0) * 1e6 for k in cpu[d0]},
         "engine_tick_us": steady / (d1 - d0) * 1e6,
+        # CPU time the hypervisor took from this VM over the window, per tick
+        # (None: no /proc/stat); "stolen cores" in the table.
+        "engine_steal_us_per_tick": None if steal[d0] is None or steal[d1] is None
+        else (steal[d1] - steal[d0]) / (d1 - d0) * 1e6,
     }
 
 
@@ -531,13 +541,15 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     print(f"engine steady state, CPU us per tick (user + system) on {cores} cores:")
     print(f"{'model':<9}{'batch':>6}{'tick us':>9}{'supervisor':>12}{'groups':>9}{'inference':>11}{'busy cores':>12}"
-          f"{'raw after/before':>18}")
+          f"{'raw after/before':>18}{'stolen cores':>14}")
     for model_id, per_batch in results.items():
         for batch, r in per_batch.items():
             c, tick = r["engine_cpu_us_per_tick"], r["engine_tick_us"]
             print(f"{model_id:<9}{batch:>6}{tick:>9,.0f}{c['supervisor']:>12,.0f}{c['groups']:>9,.0f}"
                   f"{c['inference']:>11,.0f}{sum(c.values()) / tick:>12.2f}"
-                  f"{r['raw_items_per_s_after'] / r['raw_items_per_s']:>18.2f}")
+                  f"{r['raw_items_per_s_after'] / r['raw_items_per_s']:>18.2f}"
+                  + (f"{r['engine_steal_us_per_tick'] / tick:>14.2f}" if r["engine_steal_us_per_tick"] is not None
+                     else f"{'-':>14}"))
     if args.json:
         out = dict(results)
         out["machine"] = machine_info() | {"loadavg_at_start": load_start}
