@@ -665,13 +665,18 @@ int64_t we_exchange(we_exchange_ctx *c, const char *payload, uint32_t payload_le
     return (int64_t)c->rep.payload_len;
 }
 
+/* Index j of n items, negative counting from the end as in numpy; -1 if out of range. */
+static int64_t item_index(int64_t j, uint64_t n) {
+    if (j < 0) j += (int64_t)n;
+    return j >= 0 && (uint64_t)j < n ? j : -1;
+}
+
 int we_gather_records(const uint8_t *src, uint64_t src_len, const int64_t *offsets, uint64_t n_src,
                       const int64_t *index, uint64_t n, uint8_t *dst, uint64_t dst_len, uint64_t *err_index) {
     uint64_t total = 0;
     for (uint64_t i = 0; i < n; i++) {
-        int64_t j = index[i];
-        if (j < 0) j += (int64_t)n_src;
-        if (j < 0 || (uint64_t)j >= n_src) {
+        int64_t j = item_index(index[i], n_src);
+        if (j < 0) {
             *err_index = i;
             return WE_ERR_BOUNDS;
         }
@@ -688,7 +693,7 @@ int we_gather_records(const uint8_t *src, uint64_t src_len, const int64_t *offse
     }
     uint64_t off = 0;
     for (uint64_t i = 0; i < n; i++) {
-        int64_t j = index[i] < 0 ? index[i] + (int64_t)n_src : index[i];
+        int64_t j = item_index(index[i], n_src);
         uint64_t len = (uint64_t)(offsets[j + 1] - offsets[j]);
         if (len) memcpy(dst + off, src + offsets[j], (size_t)len);
         off += len;

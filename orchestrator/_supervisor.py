@@ -355,12 +355,7 @@ class Supervisor:
                 stats["dropped"] += len(idrop)
                 tick_requests.append(iadm)
                 n_others = len(outs) - n_msg - n_inf
-                if n_others == len(outs):
-                    others = outs
-                elif n_others == 0:
-                    others = RecordBatch.empty()
-                else:
-                    others = outs.take(np.flatnonzero((h["kind"] != K_MSG) & (h["kind"] != K_INFER)))
+                others = _pick(outs, (h["kind"] != K_MSG) & (h["kind"] != K_INFER) if n_others else None, n_others)
                 logged.append(_flagged([(others, None), (committed, FLAG_COMMITTED), (deferred, FLAG_DEFERRED),
                                         (dropped, FLAG_DROPPED), (iadm, FLAG_COMMITTED), (idef, FLAG_DEFERRED),
                                         (idrop, FLAG_DROPPED)]))

@@ -337,7 +337,6 @@ def engine_run(scenario_path: Path, batch: int, groups: int, write_log: bool) ->
     d0 = 1 + latency + warm
     d1 = ticks - 1
     cpu: dict[int, dict[str, float]] = {}
-
     steal: dict[int, float | None] = {}
 
     def progress(done, total, steps, elapsed_s):

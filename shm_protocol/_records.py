@@ -26,6 +26,11 @@ def _copy_headers(headers: np.ndarray) -> np.ndarray:
     return headers.view(_RAW_HEADER).copy().view(RECORD_DTYPE)
 
 
+def _declared_bytes(headers: np.ndarray) -> int:
+    """Payload bytes the headers declare in all (0 for none)."""
+    return int(np.add.reduce(headers["payload_len"], dtype=np.uint64))
+
+
 class Record(NamedTuple):
     """One record, for convenience APIs (``Ring.push``/``Ring.pop``).
 
@@ -52,7 +57,7 @@ class RecordBatch:
             raise TypeError("headers must use RECORD_DTYPE")
         if payload.dtype != np.uint8 or payload.ndim != 1:
             raise TypeError("payload must be a 1-D uint8 array")
-        total = int(np.add.reduce(headers["payload_len"], dtype=np.uint64)) if len(headers) else 0
+        total = _declared_bytes(headers)
         if total != len(payload):
             raise ValueError(f"payload is {len(payload)} bytes, headers declare {total}")
         self.headers = headers
@@ -169,7 +174,7 @@ class RecordBatch:
         loop (``take_reference`` is the numpy version it is tested against)."""
         index = np.ascontiguousarray(index, dtype=np.int64)
         headers = self.headers.take(index)  # raises IndexError like numpy
-        total = int(np.add.reduce(headers["payload_len"], dtype=np.uint64)) if len(index) else 0
+        total = _declared_bytes(headers)
         out = np.empty(total, np.uint8)
         if total:
             src = np.ascontiguousarray(self.payload)
