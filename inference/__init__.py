@@ -8,7 +8,7 @@ docs/INFERENCE.md.
 
 from ._engine import InferenceEngine, Request, Result, load_model
 from ._errors import InferenceError, ModelLoadError, ProviderUnavailableError
-from ._models import GenerationParams, ModelInfo, ModelSpec, TensorInfo
+from ._models import GenerationParams, ModelInfo, ModelSpec, RunStats, TensorInfo
 from ._payloads import (
     DTYPE_CODES,
     FLAG_RETURN_TOKEN_IDS,
@@ -65,6 +65,7 @@ __all__ = [
     "ProviderUnavailableError",
     "Request",
     "Result",
+    "RunStats",
     "Status",
     "TensorInfo",
     "decode_generate_request",
@@ -85,14 +86,20 @@ from ._process import (  # noqa: E402
     K_INF_REQUEST,
     K_INF_RESULT,
     K_INF_SHUTDOWN,
+    MODEL_STATS_DTYPE,
+    MODEL_STATS_VERSION,
     build_engine,
+    decode_model_stats,
+    encode_model_stats,
     engine_info,
     execute_batch,
     inference_main,
     request_id,
+    stats_report,
 )
 
 __all__ += [
     "K_INF_DONE", "K_INF_ERROR", "K_INF_EXECUTE", "K_INF_INIT", "K_INF_READY", "K_INF_REQUEST", "K_INF_RESULT",
-    "K_INF_SHUTDOWN", "build_engine", "engine_info", "execute_batch", "inference_main", "request_id",
+    "K_INF_SHUTDOWN", "MODEL_STATS_DTYPE", "MODEL_STATS_VERSION", "build_engine", "decode_model_stats",
+    "encode_model_stats", "engine_info", "execute_batch", "inference_main", "request_id", "stats_report",
 ]

@@ -24,7 +24,7 @@ import numpy as np
 
 from ._errors import InferenceError
 from ._llm import CausalLM
-from ._models import ModelInfo, ModelSpec, open_model, rss_bytes
+from ._models import ModelInfo, ModelSpec, RunStats, open_model, rss_bytes
 from ._payloads import MAX_REQUEST_BYTES, MAX_RESULT_BYTES, Status, error_payload
 from ._providers import PROVIDERS
 from ._tensor import TensorModel
@@ -121,6 +121,11 @@ class InferenceEngine:
             self._models.append(model)
             self.models.append(info)
 
+    @property
+    def stats(self) -> list[RunStats]:
+        """Each model's counters (requests, session.run calls, time in them), in model order; live objects."""
+        return [m.stats for m in self._models]
+
     def execute(self, requests: Iterable[Request]) -> list[Result]:
         """Execute requests (given in canonical order); one Result each, same order."""
         requests = list(requests)
@@ -175,8 +180,11 @@ class InferenceEngine:
         if not isinstance(model, TensorModel):
             return None
         try:
-            return model.execute_uniform(np.ascontiguousarray(payloads, dtype=np.uint8),
+            rows = model.execute_uniform(np.ascontiguousarray(payloads, dtype=np.uint8),
                                          min(max_result_bytes, self.max_result_bytes))
+            if rows is not None:
+                model.stats.requests += len(rows)
+            return rows
         except Exception:
             # A bug in the fast path: the general path still serves the tick.
             LOGGER.exception("internal error in the uniform-batch path of model %r; using the general path",
@@ -206,6 +214,7 @@ class InferenceEngine:
     def _run_model(self, model_index: int, payloads: list, all_bytes: bool = False) -> list[tuple[int, bytes]]:
         """One model's outcomes for its requests' payloads (which passed _precheck)."""
         model = self._models[model_index]
+        model.stats.requests += len(payloads)
         try:
             if not all_bytes:
                 payloads = [p if type(p) is bytes else memoryview(p).cast("B") for p in payloads]

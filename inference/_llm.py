@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import ModelLoadError
-from ._models import ModelSpec, OpenedModel, TensorInfo, ort_message
+from ._models import ModelSpec, OpenedModel, RunStats, TensorInfo, ort_message, timed_run
 from ._payloads import (
     FinishReason,
     GenerateResult,
@@ -369,6 +369,7 @@ class CausalLM:
     def __init__(self, spec: ModelSpec, opened: OpenedModel) -> None:
         self.spec = spec
         self.session = opened.session
+        self.stats = RunStats()
         self.layout = inspect_layout(spec, opened)
         self.tokenizer = _load_tokenizer(spec, opened.path)
         tok_vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
@@ -429,7 +430,7 @@ class CausalLM:
             feeds["use_cache_branch"] = np.array([past_len > 0], dtype=np.bool_)
         for slot, arr in zip(lay.past, past):
             feeds[slot.input_name] = arr
-        outs = self.session.run(self.output_names, feeds)
+        outs = timed_run(self.session, self.stats, self.output_names, feeds)
         return outs[0], outs[1:]
 
     # -- requests ------------------------------------------------------------

@@ -107,6 +107,31 @@ class ModelInfo:
     vocab_size: int | None = None  # causal_lm (logits width)
 
 
+class RunStats:
+    """What one loaded model has done so far: counters, never part of a result.
+
+    requests: requests routed to the model (error results included);
+    runs: ``session.run`` calls; run_ns: wall time spent inside them.  Timing
+    differs from run to run, so these reach the run summary only, never a
+    result, the replay log or the run hash.
+    """
+
+    __slots__ = ("requests", "runs", "run_ns")
+
+    def __init__(self) -> None:
+        self.requests = self.runs = self.run_ns = 0
+
+
+def timed_run(session: ort.InferenceSession, stats: RunStats, output_names: list[str], feeds: dict) -> list:
+    """``session.run(output_names, feeds)``, counted in ``stats`` (a call that raises included)."""
+    t0 = time.perf_counter_ns()
+    try:
+        return session.run(output_names, feeds)
+    finally:
+        stats.runs += 1
+        stats.run_ns += time.perf_counter_ns() - t0
+
+
 def rss_bytes() -> int:
     """Resident set size of this process (0 if it cannot be read)."""
     try:

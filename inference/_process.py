@@ -3,7 +3,9 @@
 Layer: inference. Spawned and supervised by the supervisor. It reacts to
 records only: K_INF_INIT (load models), then per tick a run of K_INF_REQUEST
 records closed by K_INF_EXECUTE(tick), answered by K_INF_RESULT records
-closed by K_INF_DONE(tick). Requests are executed in the order received —
+closed by K_INF_DONE(tick), whose payload carries each model's counters so
+far (MODEL_STATS_DTYPE; docs/INFERENCE.md "The inference process's records").
+Requests are executed in the order received —
 the supervisor sends them in canonical order — and a request's id is
 (agent << 32 | agent's sequence number), derived from the request itself, so a
 restarted inference process can be fed the same requests again safely.
@@ -11,6 +13,7 @@ restarted inference process can be fed the same requests again safely.
 from __future__ import annotations
 
 import json
+import struct
 from itertools import pairwise
 
 import numpy as np
@@ -25,6 +28,42 @@ K_INF_RESULT = 68     # destination=agent, source=model index, tick, seq, flags=
 K_INF_DONE = 69       # all results of EXECUTE(tick) sent
 K_INF_ERROR = 70      # payload: UTF-8 message (model load failure, internal error)
 K_INF_SHUTDOWN = 71
+
+#: K_INF_DONE's payload, layout version MODEL_STATS_VERSION (in the record's
+#: flags): one 24-byte entry per model, in model order, each model's
+#: cumulative RunStats.  Timing, so never logged or hashed.
+MODEL_STATS_VERSION = 1
+MODEL_STATS_DTYPE = np.dtype([("requests", "<u8"), ("runs", "<u8"), ("run_ns", "<u8")])
+_STATS_ENTRY = struct.Struct("<QQQ")
+
+
+def _check_stats_layout() -> None:
+    offsets = [MODEL_STATS_DTYPE.fields[name][1] for name in ("requests", "runs", "run_ns")]
+    if MODEL_STATS_DTYPE.itemsize != 24 or offsets != [0, 8, 16] or _STATS_ENTRY.size != 24:
+        raise ImportError(f"MODEL_STATS_DTYPE does not match docs/INFERENCE.md: {MODEL_STATS_DTYPE}")
+
+
+_check_stats_layout()
+
+
+def encode_model_stats(engine) -> bytes:
+    """K_INF_DONE's payload: ``engine``'s per-model counters."""
+    return b"".join(_STATS_ENTRY.pack(s.requests, s.runs, s.run_ns) for s in engine.stats)
+
+
+def decode_model_stats(payload: bytes, flags: int, n_models: int) -> np.ndarray:
+    """A K_INF_DONE payload as a MODEL_STATS_DTYPE array; ValueError if it is not one for n_models models."""
+    if flags != MODEL_STATS_VERSION or len(payload) != n_models * MODEL_STATS_DTYPE.itemsize:
+        raise ValueError(f"K_INF_DONE payload of {len(payload)} bytes, layout version {flags}: expected "
+                         f"{n_models} x {MODEL_STATS_DTYPE.itemsize} bytes, version {MODEL_STATS_VERSION}")
+    return np.frombuffer(payload, MODEL_STATS_DTYPE).copy()
+
+
+def stats_report(stats: np.ndarray) -> list[dict]:
+    """Per model: requests, runs (session.run calls) and run_s (seconds inside them)."""
+    return [{"requests": int(r), "runs": int(n), "run_s": int(ns) / 1e9}
+            for r, n, ns in zip(stats["requests"], stats["runs"], stats["run_ns"])]
+
 
 def request_id(agent: int, seq: int) -> int:
     return (agent << 32) | seq
@@ -130,7 +169,8 @@ class _Server:
             reqs = RecordBatch.concat(pending)
             pending.clear()
             out = execute_batch(self.engine, reqs, self.max_result)
-            reply(RecordBatch.concat([out, RecordBatch.single(K_INF_DONE, tick=tick)]))
+            done = RecordBatch.single(K_INF_DONE, encode_model_stats(self.engine), tick=tick, flags=MODEL_STATS_VERSION)
+            reply(RecordBatch.concat([out, done]))
         elif kind == K_INF_SHUTDOWN:
             return False
         else:

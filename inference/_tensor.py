@@ -42,7 +42,7 @@ from itertools import repeat
 import numpy as np
 
 from ._errors import ModelLoadError
-from ._models import ModelSpec, OpenedModel, TensorInfo, ort_message
+from ._models import ModelSpec, OpenedModel, RunStats, TensorInfo, ort_message, timed_run
 from ._payloads import (
     ALIGNMENT,
     DTYPE_CODES,
@@ -139,6 +139,7 @@ class TensorModel:
         self.inputs: tuple[TensorInfo, ...] = opened.inputs
         self.outputs: tuple[TensorInfo, ...] = opened.outputs
         self.output_names = [o.name for o in self.outputs]
+        self.stats = RunStats()
         for t in self.inputs + self.outputs:
             if t.dtype_code is None:
                 raise ModelLoadError(
@@ -303,7 +304,7 @@ class TensorModel:
 
     def _run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         feeds = {t.name: a for t, a in zip(self.inputs, arrays)}
-        return self.session.run(self.output_names, feeds)
+        return timed_run(self.session, self.stats, self.output_names, feeds)
 
     def _encode(self, outputs: list[np.ndarray], max_result_bytes: int) -> Outcome:
         payload = encode_tensors(outputs)

@@ -81,7 +81,7 @@ def cmd_run(args) -> int:
         for m in d.get("models", []):
             print(f"{'model':>18}: {m['id']} ({m['kind']}) on {m['provider']}, "
                   f"{m['file_bytes'] / 1e6:.1f} MB file, +{m['rss_delta_bytes'] / 1e6:.0f} MB resident; "
-                  f"{d['inference_requests']} requests")
+                  f"{m['requests']:,} requests in {m['runs']:,} model runs, {m['run_s']:.2f} s in ONNX Runtime")
     return EXIT_OK
 
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..inference import (
     K_INF_DONE, K_INF_ERROR, K_INF_EXECUTE, K_INF_INIT, K_INF_READY, K_INF_REQUEST, K_INF_SHUTDOWN,
-    build_engine, engine_info, execute_batch, inference_main,
+    MODEL_STATS_DTYPE, MODEL_STATS_VERSION, build_engine, decode_model_stats, encode_model_stats, engine_info, execute_batch,
+    inference_main, stats_report,
 )
 from ..shm_protocol import RecordBatch
 from ._child import _ChildProcess
@@ -34,6 +35,11 @@ def model_config(scenario, provider: str | None) -> dict:
                "provider": provider or m.provider, "max_context": m.max_context, "batch": m.batch}
               for m in scenario.models]
     return {"models": models, "provider": provider or "auto"}
+
+
+def _with_stats(info: list[dict], stats: np.ndarray) -> list[dict]:
+    """The models' load-time info, each with its requests, runs and run_s (see stats_report)."""
+    return [{**i, **r} for i, r in zip(info, stats_report(stats))]
 
 
 class InlineInference:
@@ -61,6 +67,12 @@ class InlineInference:
     def results(self, tick: int) -> RecordBatch:
         return self._done.pop(tick)
 
+    def report(self) -> list[dict]:
+        """Each model's info and counters so far (the run summary's "models")."""
+        stats = np.zeros(len(self.info), MODEL_STATS_DTYPE) if self.engine is None else \
+            decode_model_stats(encode_model_stats(self.engine), MODEL_STATS_VERSION, len(self.info))
+        return _with_stats(self.info, stats)
+
     def close(self) -> None:
         self.engine = None
 
@@ -75,6 +87,8 @@ class ProcessInference(_ChildProcess):
                          label="inference process", index=-1, error_kind=K_INF_ERROR, shutdown_kind=K_INF_SHUTDOWN,
                          error_prefix="inference process: ")
         self.info: list[dict] = []
+        #: Each model's counters as of the last K_INF_DONE received (MODEL_STATS_DTYPE).
+        self.model_stats = np.zeros(0, MODEL_STATS_DTYPE)
         self._ready: dict[int, RecordBatch] = {}
         self._partial: list[RecordBatch] = []
 
@@ -88,6 +102,7 @@ class ProcessInference(_ChildProcess):
         except GroupFailedError as e:
             raise ModelLoadError(str(e).removeprefix("inference process: ")) from None
         self.info = json.loads(ready.payload_of(0))
+        self.model_stats = np.zeros(len(self.info), MODEL_STATS_DTYPE)
 
     def submit(self, tick: int, requests: RecordBatch) -> None:
         out = RecordBatch.concat([requests, RecordBatch.single(K_INF_EXECUTE, tick=tick)])  # a copy
@@ -104,6 +119,7 @@ class ProcessInference(_ChildProcess):
             b = self._pop()
             start = 0
             for d in np.flatnonzero(b.headers["kind"] == K_INF_DONE).tolist():
+                self.model_stats = decode_model_stats(b.payload_of(d), int(b.headers[d]["flags"]), len(self.info))
                 self._partial.append(b.slice(start, d))
                 self._ready[int(b.headers[d]["tick"])] = RecordBatch.concat(self._partial, copy=False)
                 self._partial = []
@@ -111,6 +127,10 @@ class ProcessInference(_ChildProcess):
             if start < len(b):
                 self._partial.append(b.slice(start, len(b)))
         return self._ready.pop(tick)
+
+    def report(self) -> list[dict]:
+        """Each model's info and counters as of the last results received (the run summary's "models")."""
+        return _with_stats(self.info, self.model_stats)
 
 
 class LoggedInference:
@@ -129,6 +149,9 @@ class LoggedInference:
 
     def submit(self, tick: int, requests: RecordBatch) -> None:
         pass
+
+    def report(self) -> list[dict]:
+        return self.info
 
     def results(self, tick: int) -> RecordBatch:
         from . import _runlog

@@ -393,7 +393,7 @@ class Supervisor:
             quarantined=int((status == AgentStatus.QUARANTINED).sum()),
             halted=int((status == AgentStatus.HALTED).sum()),
             extra={"inference_requests": stats["inference_requests"],
-                   "models": self.inference.info if self.inference is not None else []},
+                   "models": self.inference.report() if self.inference is not None else []},
         )
 
     def _admit(self, fresh: RecordBatch, held: dict, stage: int, remaining: int, budget_per_tick: int,

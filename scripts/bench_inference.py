@@ -69,6 +69,15 @@ divided by the tick time.  Raw is measured again right after each engine run
 "raw after/before" far from 1 says that configuration's ratio straddles a
 speed change; the ratio is not adjusted.
 
+The model's own time inside the engine: the inference process counts the
+wall time of every session.run (the run summary's per-model run_s).  Over the
+same window, per tick, that is "model us" (JSON engine_model_us_per_tick),
+beside "raw us", the raw batch's time (raw_us_per_batch); "model share" =
+model us / tick us (JSON model_share) is the fraction of each tick the model
+ran.  It is measured at the same moment as the tick, so a change of machine
+speed between the raw and engine measurements moves it less than the ratio;
+where the model runs at raw speed inside the engine it equals the ratio.
+
 Models are built into a temporary directory: the tensor model by
 scripts/make_tiny_tensor_model.py --dims (default 256,1024,1024,16: ~1.3 M
 multiply-adds per item), the LM by scripts/make_tiny_lm.py --steps 0
@@ -338,12 +347,16 @@ def engine_run(scenario_path: Path, batch: int, groups: int, write_log: bool) ->
     d1 = ticks - 1
     cpu: dict[int, dict[str, float]] = {}
     steal: dict[int, float | None] = {}
+    model_ns: dict[int, int] = {}
 
     def progress(done, total, steps, elapsed_s):
         marks[done] = time.perf_counter()
         if done in (d0, d1):
             cpu[done] = _cpu_s(sup)
             steal[done] = machine_steal_s()
+            # The inference process's session.run time so far, as of the last
+            # results it sent (those of tick done-1-latency at both edges).
+            model_ns[done] = int(sup.inference.model_stats["run_ns"].sum())
 
     t0 = time.perf_counter()
     sup = Supervisor(sc, groups=groups, transport="process", progress=progress,
@@ -377,6 +390,9 @@ def engine_run(scenario_path: Path, batch: int, groups: int, write_log: bool) ->
         # is CPU-bound and which process to make cheaper.
         "engine_cpu_us_per_tick": {k: (cpu[d1][k] - cpu[d0][k]) / (d1 - d0) * 1e6 for k in cpu[d0]},
         "engine_tick_us": steady / (d1 - d0) * 1e6,
+        # Wall time inside session.run in the inference process, per tick:
+        # the model's work measured at the same moment as the tick.
+        "engine_model_us_per_tick": (model_ns[d1] - model_ns[d0]) / (d1 - d0) / 1e3,
         # CPU time the hypervisor took from this VM over the window, per tick
         # (None: no /proc/stat); "stolen cores" in the table.
         "engine_steal_us_per_tick": None if steal[d0] is None or steal[d1] is None
@@ -503,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"[{model_id} batch {batch}] raw again ...")
                 r["raw_items_per_s_after"] = raw(model, batch, args.provider, args.seconds / 2)["raw_items_per_s"]
                 r["ratio"] = r["engine_items_per_s"] / r["raw_items_per_s"]
+                r["raw_us_per_batch"] = batch / r["raw_items_per_s"] * 1e6
+                r["model_share"] = r["engine_model_us_per_tick"] / r["engine_tick_us"]
                 r["overhead_us_per_request"] = (1 / r["engine_items_per_s"] - 1 / r["raw_items_per_s"]) * 1e6
                 r["meets_target"] = (r["ratio"] >= TARGET_RATIO) if batch >= TARGET_MIN_BATCH else None
                 if model["kind"] == "causal_lm":
@@ -540,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     print(f"engine steady state, CPU us per tick (user + system) on {cores} cores:")
     print(f"{'model':<9}{'batch':>6}{'tick us':>9}{'supervisor':>12}{'groups':>9}{'inference':>11}{'busy cores':>12}"
-          f"{'raw after/before':>18}{'stolen cores':>14}")
+          f"{'raw after/before':>18}{'stolen cores':>14}{'raw us':>9}{'model us':>10}{'model share':>13}")
     for model_id, per_batch in results.items():
         for batch, r in per_batch.items():
             c, tick = r["engine_cpu_us_per_tick"], r["engine_tick_us"]
@@ -548,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{c['inference']:>11,.0f}{sum(c.values()) / tick:>12.2f}"
                   f"{r['raw_items_per_s_after'] / r['raw_items_per_s']:>18.2f}"
                   + (f"{r['engine_steal_us_per_tick'] / tick:>14.2f}" if r["engine_steal_us_per_tick"] is not None
-                     else f"{'-':>14}"))
+                     else f"{'-':>14}")
+                  + f"{r['raw_us_per_batch']:>9,.0f}{r['engine_model_us_per_tick']:>10,.0f}{r['model_share']:>13.3f}")
     if args.json:
         out = dict(results)
         out["machine"] = machine_info() | {"loadavg_at_start": load_start}

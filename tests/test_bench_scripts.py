@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,6 +53,9 @@ def test_bench_inference_json_shape():
     assert min(cpu.values()) >= 0 and sum(cpu.values()) > 0 and r["engine_tick_us"] > 0
     # Linux: the hypervisor's steal counter exists (zero on bare metal).
     assert r["engine_steal_us_per_tick"] is not None and r["engine_steal_us_per_tick"] >= 0
+    # The model ran in every steady tick, for part of it.
+    assert 0 < r["engine_model_us_per_tick"] < r["engine_tick_us"] and 0 < r["model_share"] < 1
+    assert r["raw_us_per_batch"] == pytest.approx(2e6 / r["raw_items_per_s"])
     assert any(line.startswith("engine steady state, CPU us per tick") for line in out)
 
 

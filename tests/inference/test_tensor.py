@@ -197,6 +197,30 @@ def test_batching_is_verified_before_it_is_trusted(tensor_model_path):
     assert calls == [11]
 
 
+def test_run_stats_count_requests_runs_and_time(tensor_model_path, reshape_model):
+    engine = InferenceEngine([ModelSpec("mlp", tensor_model_path), ModelSpec("idle", tensor_model_path),
+                              ModelSpec("reshape", reshape_model)], provider="cpu")
+    model = engine._models[0]
+    calls = []
+    real_run = model.session.run
+    model.session.run = lambda names, feeds: calls.append(feeds["x"].shape[0]) or real_run(names, feeds)
+    reqs = _mlp_requests(5, seed=9)
+    for _ in range(3):  # verification runs (5 single + 1 batched, twice), then one batched run
+        engine.execute(reqs)
+    x = encode_tensors([np.ones((1, 16), np.float32)])
+    engine.execute([Request(i, 0, x) for i in range(4)])  # one payload length: the uniform fast path
+    engine.execute([Request(0, 7, x)])  # unknown model: counted for none
+    mlp, idle, reshape = engine.stats
+    assert (mlp.requests, mlp.runs) == (19, len(calls)) and len(calls) == 6 + 6 + 1 + 1
+    assert mlp.run_ns > 0
+    assert (idle.requests, idle.runs, idle.run_ns) == (0, 0, 0)
+    bad = engine.execute([Request(0, 2, encode_tensors([np.ones((1, 5), np.float32)]))])  # fails inside ORT
+    assert bad[0].status == Status.MODEL_ERROR
+    # Failed runs count, with their time: the uniform path tried it, then the general path ran it again
+    # to report the error.
+    assert (reshape.requests, reshape.runs) == (1, 2) and reshape.run_ns > 0
+
+
 def test_batching_refused_where_it_changes_results(engine):
     # ReduceSum over rows of 5 floats (20 bytes) sums in an order that depends
     # on the rows' alignment, so batching these requests changes the bits.

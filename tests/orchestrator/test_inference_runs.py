@@ -73,7 +73,11 @@ def test_results_arrive_at_exactly_t_plus_latency(tmp_path, asker_wasm, models):
     sc = asker_scenario(tmp_path, asker_wasm, models / "mlp/tiny_mlp.onnx", encode_tensors([X]), latency=2, ticks=6)
     log = tmp_path / "l.welog"
     s = Supervisor(load_scenario(sc), groups=2, transport="process", log_path=log).run()
-    assert s.as_dict()["models"][0]["provider"] == "cpu"
+    model = s.as_dict()["models"][0]
+    assert model["provider"] == "cpu"
+    # The inference process's counters reach the summary: ticks 0-3's requests (4 agents each) were executed.
+    assert model["requests"] == s.extra["inference_requests"] == 16
+    assert model["runs"] >= 4 and model["run_s"] > 0
     want = InferenceEngine([ModelSpec(id="mlp", path=str(models / "mlp/tiny_mlp.onnx"), kind="tensor")],
                            provider="cpu").execute([Request(0, 0, encode_tensors([X]))])[0]
     with LogReader(log) as r:
@@ -151,9 +155,32 @@ def test_village_same_hash_twice_and_across_workers_and_verifies_without_the_mod
     c = Supervisor(sc, groups=2, transport="inline").run()
     assert a.run_hash == b.run_hash == c.run_hash
     assert a.agents >= 50 and a.extra["inference_requests"] > 50 and a.messages > 0
+    for s in (a, b, c):  # every generation token is a model run
+        (lm,) = s.extra["models"]
+        assert lm["requests"] == s.extra["inference_requests"] and lm["runs"] > lm["requests"] and lm["run_s"] > 0
     shutil.rmtree(village.parent / "model")  # verify needs only the log
     res = verify(tmp_path / "a.welog", groups=2)
     assert res.ok and res.run_hash == a.run_hash
+
+
+def test_model_stats_payload_round_trips_and_is_checked(models):
+    from wasm_engine.inference import (
+        MODEL_STATS_VERSION, build_engine, decode_model_stats, encode_model_stats, stats_report,
+    )
+
+    engine = build_engine({"models": [{"id": "a", "path": str(models / "mlp/tiny_mlp.onnx"), "kind": "tensor"},
+                                      {"id": "b", "path": str(models / "mlp/tiny_mlp.onnx"), "kind": "tensor"}],
+                           "provider": "cpu"}, 1 << 20)
+    engine.execute([Request(0, 1, encode_tensors([X]))] * 3)
+    data = encode_model_stats(engine)
+    assert len(data) == 2 * 24
+    (a, b) = stats_report(decode_model_stats(data, MODEL_STATS_VERSION, 2))
+    assert a == {"requests": 0, "runs": 0, "run_s": 0.0}
+    assert b["requests"] == 3 and b["runs"] == engine.stats[1].runs >= 1 and b["run_s"] == engine.stats[1].run_ns / 1e9
+    for payload, flags, n in ((data, MODEL_STATS_VERSION + 1, 2), (data[:-1], MODEL_STATS_VERSION, 2),
+                              (data, MODEL_STATS_VERSION, 3)):
+        with pytest.raises(ValueError, match="K_INF_DONE payload"):
+            decode_model_stats(payload, flags, n)
 
 
 def test_no_cuda_means_one_clear_line_and_cpu(tmp_path, asker_wasm, models):
