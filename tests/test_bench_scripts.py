@@ -68,3 +68,18 @@ def test_bench_hostcall_json_shape():
     r = json.loads(out[-1])
     for host in ("fast", "reference"):
         assert r[host]["step_us"] > 0 and "host_call_us" in r[host]
+
+
+def test_probe_model_speed_json_shape():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/probe_model_speed.py"), "--json", "--seconds", "0.3", "--window-s", "0.1",
+         "--tensor-dims", "8,4", "--batch", "2"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.strip().splitlines()
+    r = json.loads(out[-1])
+    assert 1 <= len(r["windows"]) <= 3 and all(w["calls"] > 0 and 0 < w["min_us"] <= w["median_us"]
+                                                for w in r["windows"])
+    assert r["median_us"] > 0 and r["max_over_min_of_medians"] >= 1
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts/probe_model_speed.py"), "--window-s", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--window-s" in bad.stderr
