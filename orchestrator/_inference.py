@@ -15,8 +15,8 @@ import numpy as np
 
 from ..inference import (
     K_INF_DONE, K_INF_ERROR, K_INF_EXECUTE, K_INF_INIT, K_INF_READY, K_INF_REQUEST, K_INF_SHUTDOWN,
-    MODEL_STATS_DTYPE, MODEL_STATS_VERSION, build_engine, decode_model_stats, encode_model_stats, engine_info, execute_batch,
-    inference_main, stats_report,
+    MODEL_STATS_DTYPE, MODEL_STATS_VERSION, build_engine, decode_model_stats, encode_model_stats, engine_info,
+    execute_batch, inference_main, stats_report,
 )
 from ..shm_protocol import RecordBatch
 from ._child import _ChildProcess

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=6.0, help="total time (default 6)")
     ap.add_argument("--window-s", type=float, default=0.25, help="window length in seconds (default 0.25)")
     ap.add_argument("--batch", type=int, default=16, help="rows per call (default 16)")
-    ap.add_argument("--tensor-dims", default=bi.DEFAULT_TENSOR_DIMS, help=f"MLP widths (default {bi.DEFAULT_TENSOR_DIMS})")
+    ap.add_argument("--tensor-dims", default=bi.DEFAULT_TENSOR_DIMS,
+                    help=f"MLP widths (default {bi.DEFAULT_TENSOR_DIMS})")
     ap.add_argument("--provider", default="cpu", choices=("auto", "cpu", "cuda", "tensorrt"))
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     args = ap.parse_args(argv)

@@ -9,12 +9,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _run(script: str, *args: str, timeout_s: float = 300) -> list[str]:
+    """The script's stdout lines (it must exit 0)."""
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
+                          timeout=timeout_s, check=True).stdout.strip().splitlines()
+
+
+def _refused(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], capture_output=True, text=True,
+                          timeout=60)
+
+
 def test_bench_transport_json_shape():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/bench_transport.py"), "--json", "--rtt-n", "200",
-         "--tput-n", "20000", "--slow-tput-n", "2000", "--asleep-n", "10"],
-        capture_output=True, text=True, timeout=300, check=True,
-    ).stdout.strip().splitlines()
+    out = _run("bench_transport.py", "--json", "--rtt-n", "200", "--tput-n", "20000", "--slow-tput-n", "2000",
+               "--asleep-n", "10")
     res = json.loads(out[-1])
     for k in ("ring", "ring_records", "pipe", "queue"):
         assert {"rtt_us_p50", "rtt_us_p99", "msgs_per_s"} <= res[k].keys()
@@ -25,25 +33,17 @@ def test_bench_transport_json_shape():
 
 
 def test_bench_runtime_json_shape():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/bench_runtime.py"), "--json", "--agents", "20", "--ticks", "4",
-         "--workers", "1"],
-        capture_output=True, text=True, timeout=300, check=True,
-    ).stdout.strip().splitlines()
+    out = _run("bench_runtime.py", "--json", "--agents", "20", "--ticks", "4", "--workers", "1")
     (run,) = json.loads(out[-1])["runs"]
     assert run["agents"] == 20 and run["ticks"] == 4 and run["agent_steps"] == 80
     assert run["steady_agent_steps_per_s"] > 0 and run["final_tick_s"] >= 0 and run["startup_s"] > 0
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts/bench_runtime.py"), "--ticks", "2"],
-                         capture_output=True, text=True, timeout=60)
+    bad = _refused("bench_runtime.py", "--ticks", "2")
     assert bad.returncode == 2 and "--ticks must be >= 3" in bad.stderr
 
 
 def test_bench_inference_json_shape():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/bench_inference.py"), "--json", "--models", "tensor", "--batches", "2",
-         "--seconds", "0.1", "--tensor-dims", "8,4", "--provider", "cpu"],
-        capture_output=True, text=True, timeout=300, check=True,
-    ).stdout.strip().splitlines()
+    out = _run("bench_inference.py", "--json", "--models", "tensor", "--batches", "2", "--seconds", "0.1",
+               "--tensor-dims", "8,4", "--provider", "cpu")
     r = json.loads(out[-1])["tensor"]["2"]
     assert {"raw_items_per_s", "engine_items_per_s", "ratio", "overhead_us_per_request"} <= r.keys()
     assert r["engine_items_per_s"] > 0 and r["ratio"] > 0 and r["raw_items_per_s_after"] > 0
@@ -60,26 +60,18 @@ def test_bench_inference_json_shape():
 
 
 def test_bench_hostcall_json_shape():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/bench_hostcall.py"), "--json", "--agents", "5", "--ticks", "3",
-         "--calls", "4", "--repeats", "1"],
-        capture_output=True, text=True, timeout=300, check=True,
-    ).stdout.strip().splitlines()
+    out = _run("bench_hostcall.py", "--json", "--agents", "5", "--ticks", "3", "--calls", "4", "--repeats", "1")
     r = json.loads(out[-1])
     for host in ("fast", "reference"):
         assert r[host]["step_us"] > 0 and "host_call_us" in r[host]
 
 
 def test_probe_model_speed_json_shape():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/probe_model_speed.py"), "--json", "--seconds", "0.3", "--window-s", "0.1",
-         "--tensor-dims", "8,4", "--batch", "2"],
-        capture_output=True, text=True, timeout=120, check=True,
-    ).stdout.strip().splitlines()
+    out = _run("probe_model_speed.py", "--json", "--seconds", "0.3", "--window-s", "0.1", "--tensor-dims", "8,4",
+               "--batch", "2", timeout_s=120)
     r = json.loads(out[-1])
     assert 1 <= len(r["windows"]) <= 3 and all(w["calls"] > 0 and 0 < w["min_us"] <= w["median_us"]
                                                 for w in r["windows"])
     assert r["median_us"] > 0 and r["max_over_min_of_medians"] >= 1
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts/probe_model_speed.py"), "--window-s", "0"],
-                         capture_output=True, text=True, timeout=60)
+    bad = _refused("probe_model_speed.py", "--window-s", "0")
     assert bad.returncode == 2 and "--window-s" in bad.stderr
