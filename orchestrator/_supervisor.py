@@ -409,8 +409,13 @@ class Supervisor:
         cands = _sort(cands, ("source", "seq"))
         if not len(cands):
             return cands, cands, cands, remaining
-        ok = admit(self.sc.scheduler, cands.headers["source"].astype(np.int64), remaining, tick,
-                   self.sc.total_agents, self.priority_of)
+        if budget_per_tick > 0 and remaining <= 0:
+            # The tick's budget is spent (by an earlier stage): admit none.
+            # (admit() reads a budget of 0 as unlimited.)
+            ok = np.zeros(len(cands), bool)
+        else:
+            ok = admit(self.sc.scheduler, cands.headers["source"].astype(np.int64), remaining, tick,
+                       self.sc.total_agents, self.priority_of)
         if budget_per_tick > 0:
             remaining = max(0, remaining - int(ok.sum()))
         if ok.all():

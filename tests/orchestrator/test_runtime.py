@@ -213,6 +213,30 @@ def test_dag_later_stage_sees_earlier_stage_in_same_tick(tmp_path, gossip_wasm):
     assert run(dag, groups=1).run_hash == s.run_hash
 
 
+def test_dag_budget_spent_by_an_earlier_stage_defers_later_stages(tmp_path, gossip_wasm):
+    """The message budget is per tick: what stage 0 spends, stage 1 no longer has."""
+    extra = f"""
+    [[agents]]
+    kind = "b"
+    module = "{gossip_wasm}"
+    count = 10
+    capabilities = ["recv", "send", "rand", "publish"]
+    fuel_per_tick = 100000
+    max_sends_per_tick = 3
+    after = ["a"]
+    config_i32 = [3, 8, -1, 0, 1]
+    """
+    sc = write_scenario(tmp_path, gossip_wasm, count=10, ticks=3, fanout=3, budget=12, max_sends=3,
+                        scheduler="dag", extra_kinds=extra)
+    log = tmp_path / "l.welog"
+    s = run(sc, log_path=log)
+    for t in range(3):
+        committed = [r for r in replay(log, t)["records"] if r["kind"] == "msg" and r["status"] == "committed"]
+        assert len(committed) <= 12, f"tick {t}: {len(committed)} messages committed under a budget of 12"
+    assert s.deferred > 0
+    assert run(sc, groups=3).run_hash == s.run_hash
+
+
 def _seed_i64(seed, agent):
     v = rng_stream_key(seed, agent, INIT_TICK)
     return v - 2**64 if v >= 2**63 else v
