@@ -87,8 +87,7 @@ class ProcessInference(_ChildProcess):
                          label="inference process", index=-1, error_kind=K_INF_ERROR, shutdown_kind=K_INF_SHUTDOWN,
                          error_prefix="inference process: ")
         self.info: list[dict] = []
-        #: Each model's counters as of the last K_INF_DONE received (MODEL_STATS_DTYPE).
-        self.model_stats = np.zeros(0, MODEL_STATS_DTYPE)
+        self._last_done: RecordBatch | None = None  # decoded only when asked for (model_stats)
         self._ready: dict[int, RecordBatch] = {}
         self._partial: list[RecordBatch] = []
 
@@ -102,7 +101,14 @@ class ProcessInference(_ChildProcess):
         except GroupFailedError as e:
             raise ModelLoadError(str(e).removeprefix("inference process: ")) from None
         self.info = json.loads(ready.payload_of(0))
-        self.model_stats = np.zeros(len(self.info), MODEL_STATS_DTYPE)
+
+    @property
+    def model_stats(self) -> np.ndarray:
+        """Each model's counters as of the last K_INF_DONE received (MODEL_STATS_DTYPE)."""
+        done = self._last_done
+        if done is None:
+            return np.zeros(len(self.info), MODEL_STATS_DTYPE)
+        return decode_model_stats(done.payload_of(0), int(done.headers["flags"][0]), len(self.info))
 
     def submit(self, tick: int, requests: RecordBatch) -> None:
         out = RecordBatch.concat([requests, RecordBatch.single(K_INF_EXECUTE, tick=tick)])  # a copy
@@ -119,7 +125,7 @@ class ProcessInference(_ChildProcess):
             b = self._pop()
             start = 0
             for d in np.flatnonzero(b.headers["kind"] == K_INF_DONE).tolist():
-                self.model_stats = decode_model_stats(b.payload_of(d), int(b.headers[d]["flags"]), len(self.info))
+                self._last_done = b.slice(d, d + 1)
                 self._partial.append(b.slice(start, d))
                 self._ready[int(b.headers[d]["tick"])] = RecordBatch.concat(self._partial, copy=False)
                 self._partial = []

@@ -64,20 +64,34 @@ def decode_records(data) -> RecordBatch:
 
 
 def tick_sections(records: RecordBatch, fuel: np.ndarray, status: np.ndarray, inputs_digest: bytes,
-                  final: np.ndarray | None, inference: RecordBatch | None = None) -> tuple[dict[int, bytes], bytes]:
-    rec = encode_records(records)
+                  final: np.ndarray | None, inference: RecordBatch | None = None, *,
+                  encode: bool = True) -> tuple[dict[int, bytes], bytes]:
+    """A tick's log sections and its digest (what the run hash folds in).
+
+    encode=False: for a run that neither writes nor checks a log, the bulky
+    sections (records, inference results) are not built; the records are
+    hashed piece by piece instead, which gives the same digest.
+    """
     fuel_b = fuel.astype("<u4").tobytes()
     status_b = status.astype(np.uint8).tobytes()
     rd = _h(b"we-records")
-    rd.update(rec)
+    if encode:
+        rec = encode_records(records)
+        rd.update(rec)
+    else:
+        rec = None
+        rd.update(len(records).to_bytes(8, "little"))
+        rd.update(_headers_unchecked(records))
+        rd.update(records.payload)
     sd = _h(b"we-state")
     sd.update(fuel_b)
     sd.update(status_b)
     digests = inputs_digest + rd.digest() + sd.digest()
-    sections = {S_RECORDS: rec, S_FUEL: fuel_b, S_STATUS: status_b, S_DIGESTS: digests}
+    sections = {S_RECORDS: rec} if rec is not None else {}
+    sections.update({S_FUEL: fuel_b, S_STATUS: status_b, S_DIGESTS: digests})
     if final is not None:
         sections[S_FINAL] = final.tobytes()
-    if inference is not None:
+    if inference is not None and encode:
         # Result bytes as the inference process returned them; verify and
         # replay deliver these instead of running any model. Their content
         # already enters the inputs digest as the agents' deliveries.

@@ -324,11 +324,9 @@ class Supervisor:
                 # How many records of each kind: the checks below that find
                 # nothing to do are skipped (each costs microseconds per stage).
                 n_of = np.bincount(kinds, minlength=_N_KINDS).tolist()
-                f = unchunk(outs, K_FUEL, FUEL_DTYPE)
+                outs, f = _split_fuel(outs, kinds, n_of[K_FUEL])
                 fuel[f["agent"]] += f["fuel"]
                 stats["agent_steps"] += len(f)
-                if n_of[K_FUEL]:
-                    outs = outs.take(np.flatnonzero(kinds != K_FUEL))
                 outs.headers["check"] = 0
                 outs = _sort(outs, ("source", "seq"))
                 h = outs.headers
@@ -360,7 +358,10 @@ class Supervisor:
                                         (dropped, FLAG_DROPPED), (iadm, FLAG_COMMITTED), (idef, FLAG_DEFERRED),
                                         (idrop, FLAG_DROPPED)]))
             # 6. submit this tick's admitted requests; results are due at tick + latency
-            requests = _sort(RecordBatch.concat(tick_requests, copy=False), ("source", "seq"))
+            # (one stage's admitted requests are in canonical order already)
+            requests = RecordBatch.concat(tick_requests, copy=False)
+            if len(tick_requests) > 1:
+                requests = _sort(requests, ("source", "seq"))
             if len(requests) and tick + latency < sc.ticks:
                 self.inference.submit(tick, requests)
                 submitted.add(tick)
@@ -370,7 +371,8 @@ class Supervisor:
             if tick == sc.ticks - 1:
                 final = self._final_states(links)
             sections, digest = _runlog.tick_sections(records, fuel, status, inputs_digest.digest(), final,
-                                                     inf_results if len(inf_results) else None)
+                                                     inf_results if len(inf_results) else None,
+                                                     encode=writer is not None or self.expected is not None)
             run_hash.update(tick.to_bytes(8, "little") + digest)
             if final is not None:
                 run_hash.update(final.tobytes())
@@ -405,8 +407,11 @@ class Supervisor:
         records stay in ``held[stage]`` for the next tick; what exceeds
         ``held_limit`` per source is dropped (``backlog_keep``).
         """
-        cands = RecordBatch.concat([held.pop(stage, RecordBatch.empty()), fresh], copy=False)
-        cands = _sort(cands, ("source", "seq"))
+        older = held.pop(stage, None)
+        if older is None:
+            cands = fresh  # a stage's outputs, already in canonical order
+        else:
+            cands = _sort(RecordBatch.concat([older, fresh], copy=False), ("source", "seq"))
         if not len(cands):
             return cands, cands, cands, remaining
         if budget_per_tick > 0 and remaining <= 0:
@@ -470,6 +475,21 @@ class Supervisor:
             link.request_final()
         st = np.concatenate([unchunk(link.collect(), K_STATE, STATE_DTYPE) for link in links])
         return np.sort(st, order="agent")
+
+
+def _split_fuel(outs: RecordBatch, kinds: np.ndarray, n_fuel: int) -> tuple[RecordBatch, np.ndarray]:
+    """``outs`` without its K_FUEL records, and the FUEL_DTYPE items they carry.
+
+    A group sends its K_FUEL records last (GroupHost._take_outputs): with one
+    group they are the batch's tail, which is sliced off (views, no copy).
+    """
+    if not n_fuel:
+        return outs, np.zeros(0, FUEL_DTYPE)
+    keep = len(outs) - n_fuel
+    tail = kinds[keep:]
+    if tail.min() == K_FUEL == tail.max():  # the tail holds all n_fuel of them
+        return outs.slice(0, keep), np.frombuffer(outs.payload[outs.offsets[keep]:], FUEL_DTYPE)
+    return outs.take(np.flatnonzero(kinds != K_FUEL)), unchunk(outs, K_FUEL, FUEL_DTYPE)
 
 
 def _pick(batch: RecordBatch, mask: np.ndarray | None, count: int) -> RecordBatch:

@@ -202,3 +202,33 @@ def test_sigkill_of_the_supervisor_groups_exit_and_segments_are_reclaimed(tmp_pa
     os.kill(p.pid, signal.SIGKILL)
     p.communicate(timeout=60)
     _assert_clean(before, [k.pid for k in kids])
+
+
+def test_a_run_without_a_log_has_the_logged_run_hash(tmp_path, gossip_wasm):
+    """Without a log the supervisor skips building the log sections (tick_sections(encode=False)),
+    hashing the records piece by piece: the run hash must not notice, on one group (its K_FUEL
+    records sliced off the batch's tail) or several."""
+    import numpy as np
+
+    from wasm_engine.orchestrator import Supervisor, load_scenario
+    from wasm_engine.orchestrator._runlog import S_INFERENCE, S_RECORDS, tick_sections
+    from wasm_engine.shm_protocol import RecordBatch
+
+    sc = load_scenario(write_scenario(tmp_path, gossip_wasm, count=12, ticks=4, fanout=3, trap_tick=2,
+                                      trap_kind=2, trap_mod=5))
+    logged = Supervisor(sc, groups=2, transport="inline", log_path=tmp_path / "a.welog").run().run_hash
+    for groups in (1, 3):  # the supervisor writes a log only when given log_path
+        assert Supervisor(sc, groups=groups, transport="inline").run().run_hash == logged
+
+    n = 3
+    recs = RecordBatch.from_arrays(kind=5, source=np.arange(n, dtype=np.uint32), destination=np.zeros(n, np.uint32),
+                                   tick=1, seq=np.arange(n, dtype=np.uint32), payload_len=np.array([2, 0, 5], np.uint32),
+                                   payload=np.arange(7, dtype=np.uint8))
+    recs.headers["check"] = 99  # transport state: never hashed
+    for batch in (recs, RecordBatch.empty()):
+        args = (batch, np.arange(4, dtype=np.uint32), np.zeros(4, np.uint8), bytes(32), None, recs)
+        full, digest = tick_sections(*args)
+        lean, lean_digest = tick_sections(*args, encode=False)
+        assert lean_digest == digest
+        assert S_RECORDS in full and S_INFERENCE in full
+        assert S_RECORDS not in lean and S_INFERENCE not in lean
