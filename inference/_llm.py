@@ -165,16 +165,24 @@ class TokenPicker:
         self.temperature = np.array([s.temperature for s in self.samplers], dtype=np.float64)
         self.top_k = np.array([s.top_k for s in self.samplers], dtype=np.int64)
         self.top_p = np.array([s.top_p for s in self.samplers], dtype=np.float64)
+        self._arange = np.arange(len(params))
 
     def __call__(self, logits: np.ndarray, jobs: np.ndarray) -> np.ndarray:
         """logits [n, vocab]; jobs[r]: the job whose logits row r is.  Returns int64 token ids [n]."""
+        if self.all_greedy:
+            # One pass: argmax returns a row's first NaN if it has one, else
+            # its first maximum (+inf included), and 0 for a row of only
+            # -inf, so the chosen logits are all finite exactly when no row
+            # is one Sampler refuses.  float -> float64 is exact, so the
+            # argmax (first maximum) is Sampler's.
+            chosen = logits.argmax(axis=1)
+            if np.isfinite(logits[self._rows(len(chosen)), chosen]).all():
+                return chosen.astype(np.int64, copy=False)
+            return np.array([self.samplers[k](logits[r]) for r, k in enumerate(jobs.tolist())], dtype=np.int64)
         if not np.isfinite(logits.max(axis=1)).all():
             # A NaN or +inf somewhere, or a row of only -inf (max propagates
             # NaN): let Sampler find the row and raise its error.
             return np.array([self.samplers[k](logits[r]) for r, k in enumerate(jobs.tolist())], dtype=np.int64)
-        if self.all_greedy:
-            # float -> float64 is exact, so the argmax (first maximum) is Sampler's.
-            return logits.argmax(axis=1).astype(np.int64, copy=False)
         greedy = self.greedy[jobs]
         out = np.empty(len(jobs), dtype=np.int64)
         if greedy.any():
@@ -185,6 +193,12 @@ class TokenPicker:
             rows = np.flatnonzero(sampled)
             out[rows] = self._sample(logits[rows], jobs[rows])
         return out
+
+    def _rows(self, n: int) -> np.ndarray:
+        """0..n-1 (kept: rows only shrink during a generation)."""
+        if self._arange.size < n:
+            self._arange = np.arange(n)
+        return self._arange[:n]
 
     def _sample(self, logits: np.ndarray, jobs: np.ndarray) -> np.ndarray:
         """Sampler.__call__ for sampled rows (finite row maxima), vectorised over rows."""
@@ -418,13 +432,19 @@ class CausalLM:
             self._ones = aligned_empty((max(size, 2 * self._ones.size),), lay.mask_dtype)
             self._ones[...] = 1
         mask = self._ones[:size].reshape(batch, past_len + seq)
-        feeds: dict[str, np.ndarray] = {
-            "input_ids": aligned_copy(input_ids, lay.input_ids_dtype),
-            lay.mask_name: mask,
-        }
+        # Integer inputs (token ids, positions) are read by exact integer
+        # kernels (gathers, casts), so unlike float data their alignment
+        # cannot change any result: the next tokens, already an int64 array,
+        # are fed as they are.
+        if input_ids.dtype != lay.input_ids_dtype or not input_ids.flags.c_contiguous:
+            input_ids = aligned_copy(input_ids, lay.input_ids_dtype)
+        feeds: dict[str, np.ndarray] = {"input_ids": input_ids, lay.mask_name: mask}
         if lay.position_dtype is not None:
-            pos = aligned_empty((batch, seq), lay.position_dtype)
-            pos[...] = np.arange(past_len, past_len + seq, dtype=lay.position_dtype)
+            if seq == 1:  # every step after the prompt
+                pos = np.full((batch, 1), past_len, lay.position_dtype)
+            else:
+                pos = aligned_empty((batch, seq), lay.position_dtype)
+                pos[...] = np.arange(past_len, past_len + seq, dtype=lay.position_dtype)
             feeds["position_ids"] = pos
         if lay.cache_branch:
             feeds["use_cache_branch"] = np.array([past_len > 0], dtype=np.bool_)

@@ -603,3 +603,31 @@ def test_generation_traces_equal_reference(lm_specs):
     ref._models[0]._generate(jobs_ref, tr)
     assert [(j.generated, j.finish) for j in jobs_new] == [(j.generated, j.finish) for j in jobs_ref]
     assert [t.digest() for t in tn] == [t.digest() for t in tr]
+
+
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf, "all-inf", "nan-after-max", "nan-is-first"])
+def test_all_greedy_picker_checks_only_the_chosen_logits(bad):
+    """The all-greedy rows take one argmax and check the chosen logits: that must
+    still catch every row that Sampler refuses, with Sampler's message."""
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((4, 300)).astype(np.float32)
+    logits[:, 7] = -np.inf  # -inf entries in valid rows are fine
+    if bad == "all-inf":
+        logits[2] = -np.inf
+    elif bad == "nan-after-max":
+        logits[1, logits[1].argmax() + 1] = np.nan
+    elif bad == "nan-is-first":
+        logits[3, 0] = np.nan
+    elif bad is not None:
+        logits[2, 100] = bad
+    params = [(0.0, 0, 1.0, 0)] * 4
+    jobs = np.arange(4, dtype=np.intp)
+    ref = [RefSampler(*p) for p in params]
+    try:
+        want = _ref_tokens(ref, logits, jobs)
+    except ModelOutputError as e:
+        with pytest.raises(ModelOutputError, match=str(e).replace("+", r"\+")):
+            TokenPicker(params)(logits, jobs)
+        return
+    assert bad is None
+    assert TokenPicker(params)(logits, jobs).tolist() == want == logits.argmax(axis=1).tolist()
