@@ -153,6 +153,10 @@ class TensorModel:
         self._layouts: dict[int, list[_Layout]] = {}  # payload length -> layouts seen
         # execute_uniform's input arrays: (rows in all, records) they fit, the arrays.
         self._scratch: tuple[tuple, list[np.ndarray]] | None = None
+        # The requests (their payload bytes) and error of a run that failed in
+        # execute_uniform, which the caller serves next through execute: that
+        # run is not made again there (see _take_uniform_failure).
+        self._uniform_failure: tuple[int, bytes, BaseException] | None = None
 
     def _find_batch_symbol(self) -> str | None:
         """The symbolic dim-0 name shared by all inputs and outputs, if any."""
@@ -317,8 +321,24 @@ class TensorModel:
         try:
             outputs = self._run(arrays)
         except Exception as e:  # ORT rejected this request's tensors
-            return Status.MODEL_ERROR, error_payload(f"model {self.spec.id!r}: {ort_message(e)}")
+            return self._run_error(e)
         return self._encode(outputs, max_result_bytes)
+
+    def _run_error(self, e: BaseException) -> Outcome:
+        return Status.MODEL_ERROR, error_payload(f"model {self.spec.id!r}: {ort_message(e)}")
+
+    def _take_uniform_failure(self, payloads: list) -> BaseException | None:
+        """The error of execute_uniform's failed run if it was for exactly these payloads (then forgotten).
+
+        A failed uniform run means: for one request, its error (_run_one would
+        feed the same inputs and fail alike); for several, a batch that fails
+        (_run_batched would run it again and fail alike).
+        """
+        failure, self._uniform_failure = self._uniform_failure, None
+        if failure is None or failure[0] != len(payloads):
+            return None
+        n, data, error = failure
+        return error if b"".join(payloads) == data else None
 
     def execute(self, payloads: list, max_result_bytes: int) -> list[Outcome]:
         """Run a group of requests for this model; one outcome per payload, in order.
@@ -328,6 +348,9 @@ class TensorModel:
         outcomes: list[Outcome | None] = [None] * len(payloads)
         if not payloads:
             return []
+        failed = self._take_uniform_failure(payloads) if self._uniform_failure is not None else None
+        if failed is not None and len(payloads) == 1:
+            return [self._run_error(failed)]
         lengths = list(map(len, payloads))
         if min(lengths) == max(lengths):
             blocks = self._decode_same_length(payloads, list(range(len(payloads))), outcomes)
@@ -348,7 +371,8 @@ class TensorModel:
             if len(ordered) > 1:
                 ordered.sort(key=lambda bs: min(b.indices[0] for b in bs))
             for members in ordered:
-                self._run_group(members[0].key, members, outcomes, max_result_bytes)
+                self._run_group(members[0].key, members, outcomes, max_result_bytes,
+                                batch_fails=failed is not None)
         else:
             # Without batching every request is its own group, run in request order.
             for i, b, j in sorted((i, b, j) for b in blocks for j, i in enumerate(b.indices)):
@@ -397,7 +421,8 @@ class TensorModel:
                                               into=self._scratch_arrays(n, lay.records))]
         try:
             outputs = self._run(arrays)
-        except Exception:  # noqa: BLE001 - execute runs them again and reports per request
+        except Exception as e:  # noqa: BLE001 - execute reports it per request, without this run
+            self._uniform_failure = (n, payloads.tobytes(), e)
             return None
         if any(o.ndim == 0 or o.shape[0] != total for o in outputs):
             return None
@@ -422,11 +447,16 @@ class TensorModel:
         self._scratch = (want, arrays)
         return arrays
 
-    def _run_group(self, key: tuple, blocks: list[_Block], outcomes: list, max_result_bytes: int) -> None:
-        """Outcomes for the requests of `blocks` (all with shape key `key`), written into outcomes."""
+    def _run_group(self, key: tuple, blocks: list[_Block], outcomes: list, max_result_bytes: int, *,
+                   batch_fails: bool = False) -> None:
+        """Outcomes for the requests of `blocks` (all with shape key `key`), written into outcomes.
+
+        batch_fails: their batched run is known to fail (execute_uniform just
+        ran it): run them one by one straight away.
+        """
         n_members = sum(len(b.indices) for b in blocks)
         state = self.batch_verified.get(key, 0)
-        if n_members >= 2 and self.batching and state >= VERIFY_MEMBERS:
+        if n_members >= 2 and self.batching and state >= VERIFY_MEMBERS and not batch_fails:
             batched = self._run_batched(blocks, max_result_bytes)
             if batched is not None:
                 for i, outcome in zip(*batched):

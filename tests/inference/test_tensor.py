@@ -216,9 +216,35 @@ def test_run_stats_count_requests_runs_and_time(tensor_model_path, reshape_model
     assert (idle.requests, idle.runs, idle.run_ns) == (0, 0, 0)
     bad = engine.execute([Request(0, 2, encode_tensors([np.ones((1, 5), np.float32)]))])  # fails inside ORT
     assert bad[0].status == Status.MODEL_ERROR
-    # Failed runs count, with their time: the uniform path tried it, then the general path ran it again
-    # to report the error.
-    assert (reshape.requests, reshape.runs) == (1, 2) and reshape.run_ns > 0
+    # A failed run counts, with its time; the uniform path's failed run is reported, not made again.
+    assert (reshape.requests, reshape.runs) == (1, 1) and reshape.run_ns > 0
+    assert bad == engine.execute([Request(0, 2, encode_tensors([np.ones((1, 5), np.float32)]))])
+    assert reshape.runs == 2
+
+
+def test_a_failing_uniform_batch_is_not_run_again(tmp_path):
+    """A trusted batch that fails in the uniform path goes straight to one-by-one runs,
+    which give the culprit its error and the others their results."""
+    from onnx import TensorProto, helper
+
+    from ._graphs import graph_model, vi
+
+    path = graph_model(tmp_path, "gather", [helper.make_node("Gather", ["table", "i"], ["y"], axis=0)],
+                       [vi("i", TensorProto.INT64, ["batch", 1])], [vi("y", TensorProto.FLOAT, ["batch", 1])],
+                       [helper.make_tensor("table", TensorProto.FLOAT, [3], [1.5, 2.5, 3.5])])
+    engine = InferenceEngine([ModelSpec("g", path)], provider="cpu")
+    stats = engine.stats[0]
+
+    def reqs(indices):
+        return [Request(k, 0, encode_tensors([np.array([[i]], np.int64)])) for k, i in enumerate(indices)]
+
+    for _ in range(2):  # 10 requests verify batching for this shape
+        engine.execute(reqs([0, 1, 2, 1, 0]))
+    runs = stats.runs
+    got = engine.execute(reqs([2, 7, 0, 1]))  # index 7 is out of the table: the batch fails
+    assert [r.status for r in got] == [Status.OK, Status.MODEL_ERROR, Status.OK, Status.OK]
+    assert stats.runs - runs == 1 + 4  # the failed batch once, then each request alone
+    assert got == [engine.execute([r])[0] for r in reqs([2, 7, 0, 1])]
 
 
 def test_batching_refused_where_it_changes_results(engine):
