@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,9 @@ _CONTEXT_METADATA_KEYS = ("max_position_embeddings", "n_positions", "max_context
 # Prompts whose token ids are remembered: up to this many characters, this many prompts.
 _PROMPT_CACHE_CHARS = 512
 _PROMPT_CACHE_ENTRIES = 512
+
+# forward()'s masks and positions kept, by (batch, past length, new tokens).
+_STEP_INPUT_CACHE_ENTRIES = 4096
 
 # Requests that must generate identically batched and alone (same logits bits
 # at every step) before batches run without that check.
@@ -176,8 +180,11 @@ class TokenPicker:
             # is one Sampler refuses.  float -> float64 is exact, so the
             # argmax (first maximum) is Sampler's.
             chosen = logits.argmax(axis=1)
-            if np.isfinite(logits[self._rows(len(chosen)), chosen]).all():
-                return chosen.astype(np.int64, copy=False)
+            # Their float64 sum is finite exactly when each is (a sum of
+            # finite float64 values could only overflow for float64 logits
+            # near 1e308, which then just take Sampler's row-by-row path).
+            if math.isfinite(logits[self._rows(len(chosen)), chosen].sum(dtype=np.float64)):
+                return chosen if chosen.dtype == np.int64 else chosen.astype(np.int64)
             return np.array([self.samplers[k](logits[r]) for r, k in enumerate(jobs.tolist())], dtype=np.int64)
         if not np.isfinite(logits.max(axis=1)).all():
             # A NaN or +inf somewhere, or a row of only -inf (max propagates
@@ -401,6 +408,7 @@ class CausalLM:
                          tuple(int(t) for t in g.stop_token_ids))
         self.output_names = [self.layout.logits_name] + [p.output_name for p in self.layout.past]
         self._ones = aligned_empty((0,), self.layout.mask_dtype)  # see forward()
+        self._step_inputs: dict[tuple[int, int, int], tuple] = {}  # see forward()
         self._prompt_ids: dict[str, list[int]] = {}  # prompt -> token ids, see _make_job
 
     # -- model calls ---------------------------------------------------------
@@ -424,14 +432,14 @@ class CausalLM:
         if past is None:
             past, past_len = self.empty_past(batch), 0
         lay = self.layout
-        # Aligned buffers: see _payloads.ALIGNMENT (ORT reads them in place).
-        # The mask is all ones: a prefix of one reused buffer of ones (ORT
-        # does not write to its inputs).
-        size = batch * (past_len + seq)
-        if self._ones.size < size:
-            self._ones = aligned_empty((max(size, 2 * self._ones.size),), lay.mask_dtype)
-            self._ones[...] = 1
-        mask = self._ones[:size].reshape(batch, past_len + seq)
+        # The mask (all ones: a view of one buffer of ones) and the positions
+        # depend only on (batch, past_len, seq), which repeat from tick to
+        # tick: kept (ORT does not write to its inputs; nothing here does).
+        key = (batch, past_len, seq)
+        fixed = self._step_inputs.get(key)
+        if fixed is None:
+            fixed = self._step_inputs[key] = self._mask_and_positions(batch, past_len, seq)
+        mask, pos = fixed
         # Integer inputs (token ids, positions) are read by exact integer
         # kernels (gathers, casts), so unlike float data their alignment
         # cannot change any result: the next tokens, already an int64 array,
@@ -439,12 +447,7 @@ class CausalLM:
         if input_ids.dtype != lay.input_ids_dtype or not input_ids.flags.c_contiguous:
             input_ids = aligned_copy(input_ids, lay.input_ids_dtype)
         feeds: dict[str, np.ndarray] = {"input_ids": input_ids, lay.mask_name: mask}
-        if lay.position_dtype is not None:
-            if seq == 1:  # every step after the prompt
-                pos = np.full((batch, 1), past_len, lay.position_dtype)
-            else:
-                pos = aligned_empty((batch, seq), lay.position_dtype)
-                pos[...] = np.arange(past_len, past_len + seq, dtype=lay.position_dtype)
+        if pos is not None:
             feeds["position_ids"] = pos
         if lay.cache_branch:
             feeds["use_cache_branch"] = np.array([past_len > 0], dtype=np.bool_)
@@ -452,6 +455,22 @@ class CausalLM:
             feeds[slot.input_name] = arr
         outs = timed_run(self.session, self.stats, self.output_names, feeds)
         return outs[0], outs[1:]
+
+    def _mask_and_positions(self, batch: int, past_len: int, seq: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """forward()'s attention mask (all ones) and position ids for this shape."""
+        lay = self.layout
+        if len(self._step_inputs) >= _STEP_INPUT_CACHE_ENTRIES:
+            self._step_inputs.clear()
+        size = batch * (past_len + seq)
+        if self._ones.size < size:
+            self._ones = aligned_empty((max(size, 2 * self._ones.size),), lay.mask_dtype)
+            self._ones[...] = 1
+        mask = self._ones[:size].reshape(batch, past_len + seq)
+        pos = None
+        if lay.position_dtype is not None:
+            pos = aligned_empty((batch, seq), lay.position_dtype)
+            pos[...] = np.arange(past_len, past_len + seq, dtype=lay.position_dtype)
+        return mask, pos
 
     # -- requests ------------------------------------------------------------
 

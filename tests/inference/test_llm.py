@@ -100,6 +100,30 @@ def test_kv_cache_matches_recomputation_without_cache(lm_engine):
             np.testing.assert_allclose(logits, cached_logits, rtol=0, atol=1e-5)
 
 
+def test_step_inputs_are_kept_per_shape_and_bounded(lm_engine, monkeypatch):
+    """forward() reuses its mask and positions per (batch, past, seq): right values, bounded count."""
+    from wasm_engine.inference import _llm
+
+    model = lm_engine._models[LM]
+    model._step_inputs.clear()
+    fed = []
+    real = _llm.timed_run
+    monkeypatch.setattr(_llm, "timed_run", lambda s, st, names, feeds: fed.append(dict(feeds)) or real(s, st, names, feeds))
+    ids = np.array([[5, 6, 7], [8, 9, 10]])
+    _, past = model.forward(ids)
+    model.forward(np.array([[1], [2]]), past, 3)
+    model.forward(np.array([[1], [2]]), past, 3)  # same shape: the same arrays again
+    first, second, third = fed
+    assert first["position_ids"].tolist() == [[0, 1, 2]] * 2 and first["attention_mask"].shape == (2, 3)
+    assert second["position_ids"].tolist() == [[3], [3]] and second["attention_mask"].tolist() == [[1] * 4] * 2
+    assert third["position_ids"] is second["position_ids"] and third["attention_mask"] is second["attention_mask"]
+    monkeypatch.setattr(_llm, "_STEP_INPUT_CACHE_ENTRIES", 2)
+    for prompt_len in (4, 5, 6):  # three new shapes, each kept as forward() keeps it
+        model.forward(np.ones((1, prompt_len), np.int64))
+        assert len(model._step_inputs) <= 2
+    model._step_inputs.clear()
+
+
 def test_model_without_position_ids_gives_same_tokens(lm_engine):
     # Same weights; positions are derived inside the graph from the cache length.
     for kw in (dict(max_new_tokens=20), dict(max_new_tokens=20, temperature=0.8, seed=3)):
