@@ -12,7 +12,9 @@ Measures, in one run on this machine, between two processes:
     figure (the whole-stream rate is in the JSON as ``msgs_per_s_mean``);
   * for ring and Pipe, the round trip to a peer that has gone to sleep
     (``asleep_rtt_us_*``: the kernel wake-up path, paid by every handoff to an
-    idle process).
+    idle process), and what that costs the sleeping side in CPU: the echo
+    process's thread time per round trip, awake (``echo_cpu_us_per_rtt``) and
+    found asleep by every request (``asleep_echo_cpu_us_per_rtt``).
 
 Prints a table; with --json the last line of stdout is one JSON object:
   {"ring": {"rtt_us_p50": ..., "rtt_us_p99": ..., "msgs_per_s": ...}, "pipe": {...}, ...}
@@ -61,6 +63,7 @@ class _Rate:
 
 # ---- children (module level so the spawn start method can import them) ----
 def _ring_echo(name: str, n: int) -> None:
+    """Echo n requests; then send the serving loop's CPU time (ns, u64) as one more record."""
     from wasm_engine.shm_protocol import Channel
 
     ch = Channel.attach(name)
@@ -68,23 +71,30 @@ def _ring_echo(name: str, n: int) -> None:
         # Serving loop: reply to the last request and wait for the next in
         # one native call (seL4-style ReplyRecv).
         r = ch.recv.pop(timeout_s=30)
+        cpu0 = time.thread_time_ns()
         for _ in range(n - 1):
             r = ch.reply_recv(KIND, r.payload, timeout_s=30)
+        cpu = time.thread_time_ns() - cpu0
         ch.send.push(KIND, r.payload, timeout_s=30)
+        ch.send.push(KIND, cpu.to_bytes(8, "little"), timeout_s=30)
     finally:
         ch.close()
 
 
 def _ring_echo_bytes(name: str, n: int) -> None:
+    """_ring_echo through the lean bytes API."""
     from wasm_engine.shm_protocol import Channel
 
     ch = Channel.attach(name)
     try:
         ch.set_call_header(KIND)
         r = ch.recv.pop(timeout_s=30).payload
+        cpu0 = time.thread_time_ns()
         for _ in range(n - 1):
             r = ch.reply_recv_bytes(r, timeout_s=30)
+        cpu = time.thread_time_ns() - cpu0
         ch.send.push(KIND, r, timeout_s=30)
+        ch.send.push(KIND, cpu.to_bytes(8, "little"), timeout_s=30)
     finally:
         ch.close()
 
@@ -168,9 +178,12 @@ def _pct(samples_ns) -> tuple[float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 99))
 
 
-def _ring_rtt(ctx, rtt_n: int, lean: bool, gap_s: float = 0.0) -> list:
-    """Round-trip times (ns); with gap_s the client pauses between calls, so
-    the echo side has stopped spinning and sleeps in the kernel (futex)."""
+def _ring_rtt(ctx, rtt_n: int, lean: bool, gap_s: float = 0.0) -> tuple[list, float]:
+    """Round-trip times (ns), and the echo side's CPU time per round trip (us,
+    thread time of its serving loop); with gap_s the client pauses between
+    calls, so the echo side has stopped spinning and sleeps in the kernel
+    (futex): its CPU per round trip is then what a blocked wait and its
+    wake-up cost the process that waits."""
     from wasm_engine.shm_protocol import Channel
 
     warm = rtt_n // 10
@@ -197,14 +210,17 @@ def _ring_rtt(ctx, rtt_n: int, lean: bool, gap_s: float = 0.0) -> list:
                 call(KIND, msg, timeout_s=30)
                 if i >= warm:
                     times.append(clock() - t0)
+        report = ch.recv.pop(timeout_s=30)
         p.join(30)
-    return times
+    if report is None or len(report.payload) != 8:
+        raise SystemExit("ring echo process did not report its CPU time")
+    return times, int.from_bytes(report.payload, "little") / 1e3 / max(1, rtt_n + warm - 1)
 
 
 def bench_ring(ctx, rtt_n: int, tput_n: int, batch: int, lean: bool = True) -> dict:
     from wasm_engine.shm_protocol import Channel
 
-    times = _ring_rtt(ctx, rtt_n, lean)
+    times, echo_cpu_us = _ring_rtt(ctx, rtt_n, lean)
     with Channel.create(capacity_bytes=1 << 22, tag="bench") as ch:
         p = ctx.Process(target=_ring_produce, args=(ch.name, tput_n, batch))
         p.start()
@@ -228,7 +244,7 @@ def bench_ring(ctx, rtt_n: int, tput_n: int, batch: int, lean: bool = True) -> d
             rate.at(got)
         p.join(30)
     p50, p99 = _pct(times)
-    return {"rtt_us_p50": p50, "rtt_us_p99": p99, **rate.result(), "batch": batch}
+    return {"rtt_us_p50": p50, "rtt_us_p99": p99, "echo_cpu_us_per_rtt": echo_cpu_us, **rate.result(), "batch": batch}
 
 
 def _pipe_rtt(ctx, rtt_n: int, gap_s: float = 0.0) -> list:
@@ -358,7 +374,7 @@ def main(argv=None) -> int:
     # "ring": the lean request/response API (call_bytes / reply_recv_bytes);
     # "ring_records": the general API returning Record tuples (call / reply_recv).
     res["ring"] = bench_ring(ctx, args.rtt_n, args.tput_n, args.batch, lean=True)
-    rec = _ring_rtt(ctx, args.rtt_n, lean=False)
+    rec, _ = _ring_rtt(ctx, args.rtt_n, lean=False)
     p50, p99 = _pct(rec)
     res["ring_records"] = {"rtt_us_p50": p50, "rtt_us_p99": p99, "msgs_per_s": res["ring"]["msgs_per_s"],
                            "msgs_per_s_mean": res["ring"]["msgs_per_s_mean"], "batch": args.batch}
@@ -368,8 +384,8 @@ def main(argv=None) -> int:
     # Round trip to a peer that has gone to sleep (the client pauses 2 ms
     # between calls): the kernel wake-up path, which no spinning hides. On a
     # VM this is where a tick's handoffs between processes pay.
-    for key, times in (("ring", _ring_rtt(ctx, args.asleep_n, True, ASLEEP_GAP_S)),
-                       ("pipe", _pipe_rtt(ctx, args.asleep_n, ASLEEP_GAP_S))):
+    asleep, res["ring"]["asleep_echo_cpu_us_per_rtt"] = _ring_rtt(ctx, args.asleep_n, True, ASLEEP_GAP_S)
+    for key, times in (("ring", asleep), ("pipe", _pipe_rtt(ctx, args.asleep_n, ASLEEP_GAP_S))):
         res[key]["asleep_rtt_us_p50"], res[key]["asleep_rtt_us_p99"] = _pct(times)
     z = bench_zmq(ctx, args.rtt_n, args.slow_tput_n)
     if z is not None:
@@ -394,6 +410,9 @@ def main(argv=None) -> int:
     print(f"round trip to a sleeping peer (futex / pipe wake-up), p50/p99 us: ring "
           f"{r['asleep_rtt_us_p50']:.1f}/{r['asleep_rtt_us_p99']:.1f}, pipe "
           f"{pi['asleep_rtt_us_p50']:.1f}/{pi['asleep_rtt_us_p99']:.1f}")
+    print(f"ring echo side's CPU per round trip: {r['echo_cpu_us_per_rtt']:.1f} us awake (spinning), "
+          f"{r['asleep_echo_cpu_us_per_rtt']:.1f} us when each request finds it asleep "
+          f"(the CPU a blocked wait and its wake-up cost the waiter)")
     if "zmq_ipc" not in res:
         print("pyzmq not installed: zmq row skipped", file=sys.stderr)
     if args.json:

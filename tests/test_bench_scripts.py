@@ -29,6 +29,7 @@ def test_bench_transport_json_shape():
         assert res[k]["rtt_us_p50"] > 0 and res[k]["msgs_per_s"] > 0
     for k in ("ring", "pipe"):
         assert res[k]["asleep_rtt_us_p50"] > 0
+    assert res["ring"]["echo_cpu_us_per_rtt"] > 0 and res["ring"]["asleep_echo_cpu_us_per_rtt"] > 0
     assert set(res["targets"]) >= {"ring_rtt_vs_pipe", "ring_tput_vs_queue"}
 
 
