@@ -1,4 +1,6 @@
 """Issue 3: determinism, isolation, metering, capabilities, DAG and budgets."""
+import json
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -169,18 +171,16 @@ def test_message_budget_defers_fairly_and_loses_nothing(tmp_path, gossip_wasm):
     assert run(sc, groups=4).run_hash == s.run_hash
 
 
+def _gossip_kind(module, kind: str, count: int, config_i32: list[int], **keys) -> str:
+    """A second [[agents]] entry of the gossip agent, for write_scenario's extra_kinds."""
+    lines = [f'kind = "{kind}"', f'module = "{module}"', f"count = {count}",
+             'capabilities = ["recv", "send", "rand", "publish"]', "fuel_per_tick = 100000"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in keys.items()]
+    return "\n[[agents]]\n" + "\n".join(lines + [f"config_i32 = {config_i32}"]) + "\n"
+
+
 def test_priority_policy_weights_but_never_starves(tmp_path, gossip_wasm):
-    extra = f"""
-    [[agents]]
-    kind = "vip"
-    module = "{gossip_wasm}"
-    count = 2
-    capabilities = ["recv", "send", "rand", "publish"]
-    fuel_per_tick = 100000
-    max_sends_per_tick = 8
-    priority = 4
-    config_i32 = [8, 8, -1, 0, 1]
-    """
+    extra = _gossip_kind(gossip_wasm, "vip", 2, [8, 8, -1, 0, 1], max_sends_per_tick=8, priority=4)
     sc = write_scenario(tmp_path, gossip_wasm, count=8, ticks=2, fanout=8, budget=16, scheduler="priority",
                         extra_kinds=extra)
     log = tmp_path / "l.welog"
@@ -192,16 +192,7 @@ def test_priority_policy_weights_but_never_starves(tmp_path, gossip_wasm):
 
 
 def test_dag_later_stage_sees_earlier_stage_in_same_tick(tmp_path, gossip_wasm):
-    extra = f"""
-    [[agents]]
-    kind = "b"
-    module = "{gossip_wasm}"
-    count = 10
-    capabilities = ["recv", "send", "rand", "publish"]
-    fuel_per_tick = 100000
-    after = ["a"]
-    config_i32 = [0, 8, -1, 0, 1]
-    """
+    extra = _gossip_kind(gossip_wasm, "b", 10, [0, 8, -1, 0, 1], after=["a"])
     dag = write_scenario(tmp_path, gossip_wasm, count=10, ticks=2, fanout=10, scheduler="dag", extra_kinds=extra)
     log = tmp_path / "dag.welog"
     s = run(dag, groups=3, log_path=log)
@@ -215,17 +206,7 @@ def test_dag_later_stage_sees_earlier_stage_in_same_tick(tmp_path, gossip_wasm):
 
 def test_dag_budget_spent_by_an_earlier_stage_defers_later_stages(tmp_path, gossip_wasm):
     """The message budget is per tick: what stage 0 spends, stage 1 no longer has."""
-    extra = f"""
-    [[agents]]
-    kind = "b"
-    module = "{gossip_wasm}"
-    count = 10
-    capabilities = ["recv", "send", "rand", "publish"]
-    fuel_per_tick = 100000
-    max_sends_per_tick = 3
-    after = ["a"]
-    config_i32 = [3, 8, -1, 0, 1]
-    """
+    extra = _gossip_kind(gossip_wasm, "b", 10, [3, 8, -1, 0, 1], max_sends_per_tick=3, after=["a"])
     sc = write_scenario(tmp_path, gossip_wasm, count=10, ticks=3, fanout=3, budget=12, max_sends=3,
                         scheduler="dag", extra_kinds=extra)
     log = tmp_path / "l.welog"
