@@ -122,20 +122,14 @@ class RunStats:
         self.requests = self.runs = self.run_ns = 0
 
 
-RUN_CPU_NS = 0
-
-
 def timed_run(session: ort.InferenceSession, stats: RunStats, output_names: list[str], feeds: dict) -> list:
     """``session.run(output_names, feeds)``, counted in ``stats`` (a call that raises included)."""
     t0 = time.perf_counter_ns()
-    c0 = time.thread_time_ns()
     try:
         return session.run(output_names, feeds)
     finally:
         stats.runs += 1
         stats.run_ns += time.perf_counter_ns() - t0
-        global RUN_CPU_NS
-        RUN_CPU_NS += time.thread_time_ns() - c0
 
 
 def rss_bytes() -> int:
