@@ -1,9 +1,11 @@
 """Smoke test of the benchmark scripts' output contract (never of their figures)."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +59,8 @@ def test_bench_inference_json_shape():
     # The model ran in every steady tick, for part of it.
     assert 0 < r["engine_model_us_per_tick"] < r["engine_tick_us"] and 0 < r["model_share"] < 1
     assert r["raw_us_per_batch"] == pytest.approx(2e6 / r["raw_items_per_s"])
+    assert 0 < r["raw_model_share"] <= 1
+    assert r["matched_ratio"] == pytest.approx(r["model_share"] / r["raw_model_share"])
     assert any(line.startswith("engine steady state, CPU us per tick") for line in out)
 
 
@@ -76,3 +80,24 @@ def test_probe_model_speed_json_shape():
     assert r["median_us"] > 0 and r["max_over_min_of_medians"] >= 1
     bad = _refused("probe_model_speed.py", "--window-s", "0")
     assert bad.returncode == 2 and "--window-s" in bad.stderr
+    bad = _refused("probe_model_speed.py", "--engine-load", "no/such/scenario.toml")
+    assert bad.returncode == 2 and "--engine-load" in bad.stderr
+
+
+def test_probe_model_speed_with_engine_load_alternates_and_cleans_up():
+    from wasm_engine.shm_protocol import list_segments
+
+    args = ("--json", "--seconds", "0.6", "--window-s", "0.1", "--tensor-dims", "8,4", "--batch", "2",
+            "--engine-load", str(ROOT / "examples" / "epidemic" / "scenario.toml"))
+    if len(os.sched_getaffinity(0)) < 2:  # the load needs a CPU of its own
+        bad = _refused("probe_model_speed.py", *args)
+        assert bad.returncode == 2 and "at least 2 usable CPUs" in bad.stderr
+        return
+    before = set(list_segments())
+    out = _run("probe_model_speed.py", *args, timeout_s=180)
+    r = json.loads(out[-1])
+    assert [w["load"] for w in r["windows"]] == [k % 2 == 1 for k in range(len(r["windows"]))]
+    assert len(r["windows"]) >= 4 and r["load_over_idle"] > 0
+    assert set(list_segments()) <= before  # the engine run was stopped and cleaned up
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "wasm-engine" in " ".join(p.info["cmdline"] or [])
+                and "run" in (p.info["cmdline"] or [])]
