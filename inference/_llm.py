@@ -70,7 +70,7 @@ _CONTEXT_METADATA_KEYS = ("max_position_embeddings", "n_positions", "max_context
 _PROMPT_CACHE_CHARS = 512
 _PROMPT_CACHE_ENTRIES = 512
 
-# forward()'s masks and positions kept, by (batch, past length, new tokens).
+# forward()'s masks and positions of one-token steps kept, by (batch, past length).
 _STEP_INPUT_CACHE_ENTRIES = 4096
 
 # Requests that must generate identically batched and alone (same logits bits
@@ -408,7 +408,7 @@ class CausalLM:
                          tuple(int(t) for t in g.stop_token_ids))
         self.output_names = [self.layout.logits_name] + [p.output_name for p in self.layout.past]
         self._ones = aligned_empty((0,), self.layout.mask_dtype)  # see forward()
-        self._step_inputs: dict[tuple[int, int, int], tuple] = {}  # see forward()
+        self._step_inputs: dict[tuple[int, int], tuple] = {}  # see forward()
         self._prompt_ids: dict[str, list[int]] = {}  # prompt -> token ids, see _make_job
 
     # -- model calls ---------------------------------------------------------
@@ -433,12 +433,19 @@ class CausalLM:
             past, past_len = self.empty_past(batch), 0
         lay = self.layout
         # The mask (all ones: a view of one buffer of ones) and the positions
-        # depend only on (batch, past_len, seq), which repeat from tick to
-        # tick: kept (ORT does not write to its inputs; nothing here does).
-        key = (batch, past_len, seq)
-        fixed = self._step_inputs.get(key)
-        if fixed is None:
-            fixed = self._step_inputs[key] = self._mask_and_positions(batch, past_len, seq)
+        # of a one-token step depend only on (batch, past_len), which repeat
+        # from tick to tick: kept (ORT does not write to its inputs; nothing
+        # here does).  A prompt's, once per generation and up to
+        # batch x context positions, is not.
+        if seq == 1:
+            key = (batch, past_len)
+            fixed = self._step_inputs.get(key)
+            if fixed is None:
+                if len(self._step_inputs) >= _STEP_INPUT_CACHE_ENTRIES:
+                    self._step_inputs.clear()
+                fixed = self._step_inputs[key] = self._mask_and_positions(batch, past_len, seq)
+        else:
+            fixed = self._mask_and_positions(batch, past_len, seq)
         mask, pos = fixed
         # Integer inputs (token ids, positions) are read by exact integer
         # kernels (gathers, casts), so unlike float data their alignment
@@ -459,8 +466,6 @@ class CausalLM:
     def _mask_and_positions(self, batch: int, past_len: int, seq: int) -> tuple[np.ndarray, np.ndarray | None]:
         """forward()'s attention mask (all ones) and position ids for this shape."""
         lay = self.layout
-        if len(self._step_inputs) >= _STEP_INPUT_CACHE_ENTRIES:
-            self._step_inputs.clear()
         size = batch * (past_len + seq)
         if self._ones.size < size:
             self._ones = aligned_empty((max(size, 2 * self._ones.size),), lay.mask_dtype)

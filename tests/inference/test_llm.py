@@ -101,7 +101,7 @@ def test_kv_cache_matches_recomputation_without_cache(lm_engine):
 
 
 def test_step_inputs_are_kept_per_shape_and_bounded(lm_engine, monkeypatch):
-    """forward() reuses its mask and positions per (batch, past, seq): right values, bounded count."""
+    """forward() reuses a one-token step's mask and positions per (batch, past): right values, bounded count."""
     from wasm_engine.inference import _llm
 
     model = lm_engine._models[LM]
@@ -118,8 +118,9 @@ def test_step_inputs_are_kept_per_shape_and_bounded(lm_engine, monkeypatch):
     assert second["position_ids"].tolist() == [[3], [3]] and second["attention_mask"].tolist() == [[1] * 4] * 2
     assert third["position_ids"] is second["position_ids"] and third["attention_mask"] is second["attention_mask"]
     monkeypatch.setattr(_llm, "_STEP_INPUT_CACHE_ENTRIES", 2)
-    for prompt_len in (4, 5, 6):  # three new shapes, each kept as forward() keeps it
-        model.forward(np.ones((1, prompt_len), np.int64))
+    assert len(model._step_inputs) == 1  # the prompt step's inputs are not kept
+    for past_len in (4, 5, 6):  # three more step shapes
+        model.forward(np.array([[1]]), [p[:1, :, :1].repeat(past_len, axis=2) for p in past], past_len)
         assert len(model._step_inputs) <= 2
     model._step_inputs.clear()
 
