@@ -207,10 +207,10 @@ def tensor_records(payload: bytes | bytearray | memoryview) -> list[TensorRecord
     """Parse the structure of a format-0x01 payload without touching its data.
 
     Makes exactly the checks of `decode_tensors` (same order, same messages)
-    and raises `PayloadError(MALFORMED)` where it would.  Like it, it raises
-    numpy's ValueError for an empty tensor whose other dimensions multiply
-    beyond what numpy can address (e.g. [0, 2**32 - 1, 2**32 - 1]): that
-    shape cannot be allocated even with no elements.
+    and raises `PayloadError(MALFORMED)` where it would, including for an
+    empty tensor whose other dimensions multiply beyond what numpy can
+    address (e.g. [0, 2**32 - 1, 2**32 - 1]): that shape cannot be allocated
+    even with no elements.
     """
     buf = memoryview(payload).cast("B")
     n = len(buf)

@@ -107,7 +107,10 @@ def ref_decode_tensors(payload) -> list[np.ndarray]:
         if nbytes > n - off:
             raise PayloadError(Status.MALFORMED,
                                f"tensor {i}: shape {list(dims)} needs {nbytes} data bytes, {n - off} left")
-        arr = aligned_empty(dims, dt.newbyteorder("="))
+        try:
+            arr = aligned_empty(dims, dt.newbyteorder("="))
+        except ValueError:  # an empty tensor whose other dims overflow what numpy can shape
+            raise PayloadError(Status.MALFORMED, f"tensor {i}: shape {list(dims)} is too large") from None
         if nbytes:
             raw = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=off)
             arr[...] = (raw != 0).reshape(dims) if code == 9 else raw.view(dt).reshape(dims)

@@ -309,7 +309,7 @@ def test_tensor_records_errors_match_decoder(layout, seed, data):
     def outcome(fn):
         try:
             return fn(payload)
-        except (PayloadError, ValueError) as e:  # ValueError: numpy cannot even shape an empty tensor
+        except (PayloadError, ValueError) as e:  # ValueError: a decoder that lets numpy's errors through
             return type(e), getattr(e, "status", None), str(e)
 
     want = outcome(ref_decode_tensors)
@@ -631,3 +631,14 @@ def test_all_greedy_picker_checks_only_the_chosen_logits(bad):
         return
     assert bad is None
     assert TokenPicker(params)(logits, jobs).tolist() == want == logits.argmax(axis=1).tolist()
+
+
+def test_unshapeable_empty_tensor_is_malformed_in_every_decoder():
+    """The case hypothesis found: an empty tensor whose other dims overflow numpy's size."""
+    import struct as _struct
+
+    dims = (0, 2**32 - 1, 2**32 - 1)
+    payload = bytes([1, 1, 0, 0]) + _struct.pack("<BBH", 1, len(dims), 0) + _struct.pack("<3I", *dims)
+    for decode in (ref_decode_tensors, tensor_records, decode_tensors):
+        with pytest.raises(PayloadError, match=r"tensor 0: shape \[0, 4294967295, 4294967295\] is too large"):
+            decode(payload)
