@@ -132,9 +132,8 @@ class InferenceEngine:
         n = len(requests)
         indices = [req.model_index for req in requests]
         payloads = [req.payload for req in requests]
-        if n and set(map(type, indices)) == {int} and set(map(type, payloads)) == {bytes} \
-                and indices.count(indices[0]) == n and 0 <= indices[0] < len(self._models) \
-                and isinstance(self._models[indices[0]], TensorModel) and len(set(map(len, payloads))) == 1:
+        if self._one_model(indices, payloads) and isinstance(self._models[indices[0]], TensorModel) \
+                and len(set(map(len, payloads))) == 1:
             # One tensor model, payloads of one length: perhaps the usual tick, served as one batch.
             size = len(payloads[0])
             rows = self.execute_uniform(indices[0], np.frombuffer(b"".join(payloads), np.uint8).reshape(n, size),
@@ -155,13 +154,17 @@ class InferenceEngine:
         n = len(indices)
         if n != len(payloads):
             raise ValueError(f"{n} model indices for {len(payloads)} payloads")
-        if n and set(map(type, indices)) == {int} and set(map(type, payloads)) == {bytes} \
-                and indices.count(indices[0]) == n and 0 <= indices[0] < len(self._models) \
-                and max(map(len, payloads)) <= MAX_REQUEST_BYTES:
+        if self._one_model(indices, payloads) and max(map(len, payloads)) <= MAX_REQUEST_BYTES:
             # The usual tick: every request is for one model, with an int index
             # and a bytes payload within the size limit, so _precheck passes all.
             return self._run_model(indices[0], payloads, all_bytes=True)
         return self._execute_mixed(indices, payloads)
+
+    def _one_model(self, indices: list, payloads: list) -> bool:
+        """At least one request, all for one loaded model, each with an int index and a bytes payload."""
+        n = len(indices)
+        return bool(n) and set(map(type, indices)) == {int} and set(map(type, payloads)) == {bytes} \
+            and indices.count(indices[0]) == n and 0 <= indices[0] < len(self._models)
 
     def execute_uniform(self, model_index: int, payloads: np.ndarray, max_result_bytes: int) -> np.ndarray | None:
         """The usual tick without a Python object per request, or None.
