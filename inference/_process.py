@@ -19,6 +19,7 @@ from itertools import pairwise
 import numpy as np
 
 from ..shm_protocol import RECORD_DTYPE, RecordBatch, serve_channel
+from ._payloads import Status
 
 K_INF_INIT = 64       # payload: JSON {"models": [...], "provider": str}
 K_INF_READY = 65      # payload: JSON list of per-model info (provider used, memory)
@@ -123,7 +124,7 @@ def execute_batch(engine, requests: RecordBatch, max_result_bytes: int) -> Recor
             if size > max_result_bytes:
                 pays[i] = f"result of {size} bytes exceeds the transport limit {max_result_bytes}".encode()
                 lens[i] = len(pays[i])
-                status[i] = 5  # Status.TOO_LARGE
+                status[i] = Status.TOO_LARGE
     return RecordBatch.from_arrays(kind=K_INF_RESULT, source=h["destination"], destination=h["source"],
                                    tick=h["tick"], seq=h["seq"], payload_len=np.array(lens, np.uint32),
                                    payload=np.frombuffer(b"".join(pays), np.uint8),

@@ -335,10 +335,10 @@ class TensorModel:
         (_run_batched would run it again and fail alike).
         """
         failure, self._uniform_failure = self._uniform_failure, None
-        if failure is None or failure[0] != len(payloads):
+        if failure is None:
             return None
         n, data, error = failure
-        return error if b"".join(payloads) == data else None
+        return error if n == len(payloads) and b"".join(payloads) == data else None
 
     def execute(self, payloads: list, max_result_bytes: int) -> list[Outcome]:
         """Run a group of requests for this model; one outcome per payload, in order.

@@ -56,10 +56,10 @@ RING_HEADER_FIELDS = (
     ("ring_id", "<u4", 28),
     ("write_index", "<u8", 64),
     ("data_seq", "<u4", 72),
-        ("records_pushed", "<u8", 80),
+    ("records_pushed", "<u8", 80),
     ("read_index", "<u8", 128),
     ("space_seq", "<u4", 136),
-        ("records_popped", "<u8", 144),
+    ("records_popped", "<u8", 144),
     ("producer_sleeping", "<u4", 192),
     ("consumer_sleeping", "<u4", 196),
 )
