@@ -210,14 +210,19 @@ def _rate(fn, items_per_call: int, seconds: float) -> tuple[float, float, int]:
 # ---------------------------------------------------------------------------
 
 
-def raw_tensor(model: dict, batch: int, provider: str, seconds: float) -> dict:
+def tensor_session(model: dict, batch: int, provider: str) -> tuple:
+    """The tensor model's session, made as the engine makes its sessions, and one
+    prebuilt [batch, IN] float32 batch: (session, provider used, output names, feeds)."""
     from wasm_engine.inference._payloads import aligned_copy
     from wasm_engine.inference._providers import create_session
 
     sess, used = create_session(model["path"], provider, "tensor")
     x = aligned_copy(np.random.default_rng(2).standard_normal((batch, model["dims"][0])).astype(np.float32))
-    feeds = {sess.get_inputs()[0].name: x}
-    names = [o.name for o in sess.get_outputs()]
+    return sess, used, [o.name for o in sess.get_outputs()], {sess.get_inputs()[0].name: x}
+
+
+def raw_tensor(model: dict, batch: int, provider: str, seconds: float) -> dict:
+    sess, used, names, feeds = tensor_session(model, batch, provider)
     for _ in range(3):
         sess.run(names, feeds)
     run_ns = [0]

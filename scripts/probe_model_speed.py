@@ -66,15 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.engine_load).is_file():
             ap.error(f"--engine-load: no scenario file {args.engine_load}")
 
-    from wasm_engine.inference._payloads import aligned_copy
-    from wasm_engine.inference._providers import create_session
-
     with tempfile.TemporaryDirectory(prefix="probe_model_speed_") as tmp:
         ns = argparse.Namespace(models=["tensor"], tensor_dims=args.tensor_dims, lm_dir=None)
         model = bi.build_models(Path(tmp), ns)["tensor"]
-        sess, _ = create_session(model["path"], args.provider, "tensor")
-        x = aligned_copy(np.random.default_rng(2).standard_normal((args.batch, model["dims"][0])).astype(np.float32))
-        feeds = {sess.get_inputs()[0].name: x}
+        sess, _, _, feeds = bi.tensor_session(model, args.batch, args.provider)
         sess.run(None, feeds)
         load = _EngineLoad(args.engine_load, cpus) if args.engine_load else None
         try:
