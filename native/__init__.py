@@ -1,7 +1,9 @@
-"""Layer: native — the compiled C core (atomics, futex wait/wake, ring batches).
+"""Layer: native — the compiled C core (atomics, futex wait/wake, ring batches,
+and the native host functions of the agent ABI).
 
-Only shm_protocol may import this package. It re-exports the cffi ``ffi`` and
-``lib`` objects of the extension built from ``we_native.c`` at install time,
+Only shm_protocol (rings) and worker (host functions, ``we_host.c``) may
+import this package. It re-exports the cffi ``ffi`` and ``lib`` objects of
+the extension built from ``we_native.c`` and ``we_host.c`` at install time,
 and ``Exchanger``, the request/response latency path compiled as a plain
 CPython callable over the same C (see ``we_fastcall.c`` for why). Mapping
 status codes to exceptions is shm_protocol's job.

@@ -1,7 +1,8 @@
 """cffi out-of-line API-mode builder for wasm_engine.native._atomics.
 
 Registered in setup.py through ``cffi_modules``: ``pip install .`` compiles
-we_native.c with the system C compiler. Nothing prebuilt is committed.
+we_native.c (rings) and we_host.c (native host functions) with the system C
+compiler. Nothing prebuilt is committed.
 The C source is read from this directory and handed to cffi as the module
 source, so the build needs no extra include paths.
 """
@@ -27,7 +28,7 @@ def _cdef_from_header(header: str) -> str:
     out = []
     for line in header.splitlines():
         s = line.strip()
-        if s.startswith("#define WE_") and not s.startswith("#define WE_NATIVE_H"):
+        if s.startswith("#define WE_") and not s.split()[1].endswith("_H"):  # include guards have no value
             name = s.split()[1]
             out.append(f"#define {name} ...")
         elif s.startswith("#") or s.startswith("/*") or s.startswith("*") or s.startswith("*/"):
@@ -38,10 +39,20 @@ def _cdef_from_header(header: str) -> str:
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef_from_header(_read("we_native.h")))
+ffibuilder.cdef(_cdef_from_header(_read("we_native.h")) + "\n" + _cdef_from_header(_read("we_host.h")))
+_LOCAL_INCLUDES = ('#include "we_native.h"', '#include "we_host.h"')
+
+
+def _body(name: str) -> str:
+    text = _read(name)
+    for line in _LOCAL_INCLUDES:
+        text = text.replace(line, "")
+    return text
+
+
 ffibuilder.set_source(
     "wasm_engine.native._atomics",
-    _read("we_native.h") + "\n" + _read("we_native.c").replace('#include "we_native.h"', ""),
+    "\n".join([_read("we_native.h"), _read("we_host.h"), _body("we_native.c"), _body("we_host.c")]),
     extra_compile_args=["-O2", "-std=gnu11", "-fno-strict-aliasing", "-Wall"],
 )
 

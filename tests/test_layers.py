@@ -1,6 +1,8 @@
 """The import graph keeps the layers pointing one way:
 orchestrator -> worker, inference -> shm_protocol -> native.
-Packages import each other only through their public __init__ re-exports."""
+Packages import each other only through their public __init__ re-exports.
+A layer may reach past the one below it, never above: orchestrator reads
+shm_protocol's records, and worker calls native's host functions."""
 import ast
 from pathlib import Path
 
@@ -10,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("orchestrator", "worker", "inference", "shm_protocol", "native")
 ALLOWED = {
     "orchestrator": {"worker", "inference", "shm_protocol"},
-    "worker": {"shm_protocol"},
+    "worker": {"shm_protocol", "native"},
     "inference": {"shm_protocol"},
     "shm_protocol": {"native"},
     "native": set(),

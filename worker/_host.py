@@ -10,9 +10,13 @@ limit and trap state) and its own Instance. Agents of a group run one after
 another; an agent's outputs are buffered here and only leave as this stage's
 result, so no agent can see another's output of the same tick.
 
-Python reference path: this module calls agents through wasmtime-py and
-implements the host functions in Python. A later issue moves the per-agent
-loop to C over wasmtime's C API; this path stays as the cross-check.
+Two host paths (GroupSpec.host). "reference" calls agents through
+wasmtime-py and implements every host function as a Python method: the
+yardstick. "fast" (the default) calls we_step through wasmtime's unchecked C
+API and serves the hottest imports with native/we_host.c, each falling back to
+its Python version here for anything but the plain case (docs/RUNTIME.md
+"Native host functions"). A later issue moves the per-agent loop itself to C;
+the reference path stays as the cross-check.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import wasmtime
 # them; the version is pinned in pyproject.toml and checked in make_engine().
 from wasmtime import _ffi as wt_ffi
 
+from ..native import ffi as _nffi, lib as _nlib
 from ..shm_protocol import RECORD_DTYPE, RecordBatch
 from . import _rng
 from ._abi import ABI_VERSION, IMPORTS, AgentLoadError, I32, I64, check_module
@@ -150,15 +155,58 @@ def _classify(exc: BaseException) -> tuple[TrapCode, str]:
     return TrapCode.OTHER_TRAP, str(exc).split("\n", 1)[0][:200]
 
 
+#: One agent's bookkeeping that the native host functions read and write:
+#: native/we_host.h's we_agent_state, layout version AGENT_STATE_VERSION
+#: (docs/RUNTIME.md "Native host functions"), checked at import.
+AGENT_STATE_VERSION = 1
+AGENT_STATE_DTYPE = np.dtype([("base", "<u8"), ("mem_lo", "<u8"), ("id", "<u4"), ("seq", "<u4"),
+                              ("in_lo", "<u4"), ("in_hi", "<u4"), ("sends", "<u4"), ("quota", "<u4"),
+                              ("infers", "<u4"), ("infer_quota", "<u4")])
+#: Imports served by a native host function (with the Python one of the same
+#: name as its fallback); the others are Python callbacks.
+NATIVE_IMPORTS = ("recv", "send", "infer", "inbox_count", "tick", "agent_count")
+_FALLBACKS = ("recv", "send", "infer", "inbox_count")
+
+
+def _check_host_layout() -> None:
+    got = _nffi.new("uint64_t[32]")
+    _nlib.we_host_layout(got)
+    names = ("base", "mem_lo", "id", "seq", "in_lo", "in_hi", "sends", "quota", "infers", "infer_quota")
+    want = [AGENT_STATE_VERSION, AGENT_STATE_DTYPE.itemsize] + [AGENT_STATE_DTYPE.fields[n][1] for n in names]
+    if list(got[0:len(want)]) != want or AGENT_STATE_DTYPE.names != names:
+        raise ImportError(f"worker's AGENT_STATE_DTYPE does not match native/we_host.h: "
+                          f"{list(got[0:len(want)])} != {want}")
+
+
+_check_host_layout()
+
+
+def _state_field(name: str) -> property:
+    return property(lambda a: getattr(a.st, name), lambda a, v: setattr(a.st, name, v),
+                    doc=f"we_agent_state.{name} of the agent's row (native host functions share it)")
+
+
 class _Agent:
     __slots__ = (
-        "id", "kind", "store", "memory", "base", "step", "status", "seq", "fuel", "sends", "logs",
-        "infers", "in_lo", "in_hi", "rng_key", "rng_n", "pub", "quota", "infer_quota", "fuel_total",
-        "globals",
+        "id", "kind", "store", "memory", "base", "step", "status", "fuel", "logs",
+        "rng_key", "rng_n", "pub", "fuel_total", "globals",
+        # this agent's row of GroupHost._state (a cffi we_agent_state *): seq, in_lo, in_hi,
+        # sends, quota, infers, infer_quota and mem_lo live there (properties below); the
+        # row's id is set once, as the id here
+        "st",
         # fast path only: addresses for the C prototypes below, a byte view of all the linear memory
-        # can ever hold, a lower bound of its current size (see _grown), and values prepared once
-        "ctx_addr", "step_addr", "mem_addr", "mem", "mem_lo", "config", "fuel_c", "rng_agent",
+        # can ever hold, and values prepared once
+        "ctx_addr", "step_addr", "mem_addr", "mem", "config", "fuel_c", "rng_agent",
     )
+    # a lower bound of the memory's current size (see _grown); fast path only
+    mem_lo = _state_field("mem_lo")
+    seq = _state_field("seq")
+    in_lo = _state_field("in_lo")
+    in_hi = _state_field("in_hi")
+    sends = _state_field("sends")
+    quota = _state_field("quota")
+    infers = _state_field("infers")
+    infer_quota = _state_field("infer_quota")
 
 
 _SEQ_OVERFLOW = "agent exceeded 2^32-1 outputs in one run"
@@ -283,6 +331,16 @@ class GroupHost:
         if len(ids) and (np.any(np.diff(ids) <= 0) or ids[0] < 0 or ids[-1] >= spec.total_agents):
             raise ValueError("group agent ids must be strictly increasing and < total_agents")
         self._ids = ids
+        # Every agent's we_agent_state row, in self.agents order, and the context
+        # the native host functions get as their env (fast path; see _init_native).
+        self._state = np.zeros(len(ids), AGENT_STATE_DTYPE)
+        self._state_ptr = _nffi.cast("we_agent_state *", self._state.ctypes.data)
+        self._hctx = _nffi.new("we_host_ctx *")
+        self._arena_hdr = np.zeros(0, RECORD_DTYPE)
+        self._arena_pay = np.zeros(0, np.uint8)
+        self._in_keep: tuple = ()
+        if self.fast:
+            self._init_native()
         for kind in spec.kinds:
             lo, hi = kind.first_agent_id, kind.first_agent_id + kind.count
             mine = ids[(ids >= lo) & (ids < hi)]
@@ -299,6 +357,10 @@ class GroupHost:
             s: np.array([a.id for a in lst] + [a.id + 1 for a in lst], dst_dtype)
             for s, lst in self._kind_of_stage.items()
         }
+        # Per stage, its agents' rows in self._state.
+        row_of = {a.id: i for i, a in enumerate(self.agents)}
+        self._stage_rows = {s: np.array([row_of[a.id] for a in lst], np.intp)
+                            for s, lst in self._kind_of_stage.items()}
 
     # -- loading ---------------------------------------------------------------
     def _load_kind(self, kind: KindSpec, module_bytes):
@@ -332,10 +394,12 @@ class GroupHost:
     # What one agent step costs in Python is mostly the number of ctypes
     # crossings (about 0.5 us each on the 2-core reference VM) and of Python
     # frames, so this path makes as few as it can: three C calls per step (set
-    # fuel, call we_step, read fuel) through the prototypes above, host
-    # functions as closures over prebound locals, linear memory read and written
-    # through a memoryview instead of ctypes.memmove/string_at, and no query of
-    # the memory's size unless a range fails against a cached lower bound of it.
+    # fuel, call we_step, read fuel) through the prototypes above; the hottest
+    # host functions in C (native/we_host.c, NATIVE_IMPORTS), the rest and the
+    # C ones' fallbacks as closures over prebound locals; linear memory read
+    # and written through a memoryview instead of ctypes.memmove/string_at; no
+    # query of the memory's size unless a range fails against a cached lower
+    # bound of it; outputs buffered in one native arena.
     # The reference path (host="reference") does all of this the plain way through
     # wasmtime-py's API; tests cross-check the two.
 
@@ -347,11 +411,65 @@ class GroupHost:
 
     def _define_unchecked(self, linker, name: str, ty) -> None:
         mod, nm = b"we", name.encode()
-        c_cb = cast(self._callbacks[name], wt_ffi.wasmtime_func_unchecked_callback_t)
+        if name in NATIVE_IMPORTS:
+            fn = int(_nffi.cast("uintptr_t", _nffi.addressof(_nlib, "we_host_" + name)))
+            c_cb = cast(c_void_p(fn), wt_ffi.wasmtime_func_unchecked_callback_t)
+            env = c_void_p(int(_nffi.cast("uintptr_t", self._hctx)))
+        else:
+            c_cb, env = cast(self._callbacks[name], wt_ffi.wasmtime_func_unchecked_callback_t), None
         err = wt_ffi.wasmtime_linker_define_func_unchecked(linker.ptr(), mod, len(mod), nm, len(nm), ty.ptr(), c_cb,
-                                                           None, _NO_FINALIZER)
+                                                           env, _NO_FINALIZER)
         if err:
             raise wasmtime.WasmtimeError._from_ptr(err)
+
+    def _init_native(self) -> None:
+        """Fill the native host context: limits, record kinds, the Python
+        fallbacks, an empty inbox and a first output arena."""
+        c, spec = self._hctx, self.spec
+        c.tick = self.tick
+        c.total_agents, c.n_models = spec.total_agents, spec.n_models
+        c.max_message_bytes, c.max_infer_bytes = spec.max_message_bytes, MAX_INFER_REQUEST_BYTES
+        c.kind_msg, c.kind_infer = K_MSG, K_INFER
+        for name in _FALLBACKS:
+            setattr(c, "fallback_" + name, _nffi.cast("we_host_cb", cast(self._callbacks[name], c_void_p).value))
+        self._set_inbox(RecordBatch.empty())
+        self._grow_arena(max(64, 4 * len(self._ids)), 1 << 16)
+
+    def _set_inbox(self, deliveries: RecordBatch) -> None:
+        """The stage's deliveries, as the host functions (native and Python) read them."""
+        src = np.ascontiguousarray(deliveries.headers["source"], np.uint32)
+        off = np.ascontiguousarray(deliveries.offsets, np.int64)
+        pay = np.ascontiguousarray(deliveries.payload, np.uint8)
+        self._in_keep = (src, off, pay)  # the context points into these
+        self._in_src, self._in_off, self._in_pay = src, off, memoryview(pay)
+        if self.fast:
+            c = self._hctx
+            c.in_src = _nffi.cast("uint32_t *", src.ctypes.data)
+            c.in_off = _nffi.cast("int64_t *", off.ctypes.data)
+            c.in_pay = _nffi.cast("uint8_t *", pay.ctypes.data)
+        else:
+            self._in_payload_addr = pay.ctypes.data if len(pay) else 0
+
+    def _grow_arena(self, records: int, payload_bytes: int) -> None:
+        """Make room in the output arena for `records` more records of
+        `payload_bytes` in all, keeping what it holds (capacities at least double)."""
+        c = self._hctx
+        n, used = c.out_n, c.out_used
+        hdr = np.zeros(max(n + records, 2 * len(self._arena_hdr)), RECORD_DTYPE)
+        pay = np.zeros(max(used + payload_bytes, 2 * len(self._arena_pay)), np.uint8)
+        hdr[:n] = self._arena_hdr[:n]
+        pay[:used] = self._arena_pay[:used]
+        self._arena_hdr, self._arena_pay = hdr, pay
+        c.out_hdr = _nffi.cast("void *", hdr.ctypes.data)
+        c.out_pay = _nffi.cast("uint8_t *", pay.ctypes.data)
+        c.out_cap, c.out_pay_cap = len(hdr), len(pay)
+
+    def _arena_emit(self, kind: int, source: int, dst: int, seq: int, payload: bytes) -> None:
+        """Append one output record to the arena (fast path), growing it if needed."""
+        if _nlib.we_host_emit(self._hctx, kind, source, dst, seq, payload, len(payload)):
+            self._grow_arena(1, len(payload))
+            if _nlib.we_host_emit(self._hctx, kind, source, dst, seq, payload, len(payload)):
+                raise RuntimeError("output arena still full after growing")  # pragma: no cover
 
     def _take_pending(self, exc: BaseException) -> BaseException:
         """The exception a failed guest call stands for: the host function's own
@@ -421,14 +539,15 @@ class GroupHost:
 
         Each one does what the ``_h_*`` method of the same name does (the
         reference path calls those), in the same order of checks, and writes
-        its result into the first value slot. Any exception traps the calling
+        its result into the first value slot. Those in NATIVE_IMPORTS run only
+        as the fallbacks of their native versions. Any exception traps the calling
         agent through _guest_trap; run_stage re-raises it from the failed call.
         """
         host = self
         spec = self.spec
         trap = self._guest_trap
         grown = self._grown
-        out_append = self._out.append
+        emit = self._arena_emit
         pack_u32 = _U32.pack_into
         max_message_bytes, total_agents = spec.max_message_bytes, spec.total_agents
         n_models, max_publish_bytes = spec.n_models, spec.max_publish_bytes
@@ -450,10 +569,10 @@ class GroupHost:
                     grown(a, buf_ptr, cap, "recv")
                 a.in_lo = i + 1
                 offs = host._in_off
-                off = offs[i]
-                n = offs[i + 1] - off
+                off = int(offs[i])
+                n = int(offs[i + 1]) - off
                 mem = a.mem
-                pack_u32(mem, src_ptr, host._in_src[i])
+                pack_u32(mem, src_ptr, int(host._in_src[i]))
                 if n and cap:
                     k = n if n < cap else cap
                     mem[buf_ptr:buf_ptr + k] = host._in_pay[off:off + k]
@@ -491,7 +610,7 @@ class GroupHost:
                 if seq >= 0xFFFFFFFF:
                     raise _HostFault(TrapCode.ABI_VIOLATION, _SEQ_OVERFLOW)
                 a.seq = seq + 1
-                out_append((K_MSG, a.id, dst, seq, a.mem[ptr:ptr + n].tobytes()))
+                emit(K_MSG, a.id, dst, seq, a.mem[ptr:ptr + n].tobytes())
                 args[0] = 0
                 return None
             except BaseException as e:  # noqa: BLE001
@@ -533,7 +652,7 @@ class GroupHost:
                 if seq >= 0xFFFFFFFF:
                     raise _HostFault(TrapCode.ABI_VIOLATION, _SEQ_OVERFLOW)
                 a.seq = seq + 1
-                out_append((K_LOG, a.id, 0, seq, a.mem[ptr:ptr + min(n, max_log_bytes)].tobytes()))
+                emit(K_LOG, a.id, 0, seq, a.mem[ptr:ptr + min(n, max_log_bytes)].tobytes())
                 args[0] = 0
                 return None
             except BaseException as e:  # noqa: BLE001
@@ -572,7 +691,7 @@ class GroupHost:
                     if r >= 0xFFFFFFFF:
                         raise _HostFault(TrapCode.ABI_VIOLATION, _SEQ_OVERFLOW)
                     a.seq = r + 1
-                    out_append((K_INFER, a.id, model, r, a.mem[ptr:ptr + n].tobytes()))
+                    emit(K_INFER, a.id, model, r, a.mem[ptr:ptr + n].tobytes())
                 args[0] = r
                 args[1] = r >> 32
                 return None
@@ -609,7 +728,9 @@ class GroupHost:
 
     def _instantiate(self, kind: KindSpec, module, linker, agent_id: int) -> None:
         a = _Agent()
-        a.id, a.kind = agent_id, kind
+        a.st = self._state_ptr + len(self.agents)
+        a.id = a.st.id = agent_id
+        a.kind = kind
         a.store = wasmtime.Store(self.engine)
         a.store.set_limits(memory_size=kind.memory_limit_bytes)
         a.fuel = kind.fuel_per_tick
@@ -639,6 +760,7 @@ class GroupHost:
         # memory's size (a.mem_lo, _grown) are ever touched through it.
         a.mem = memoryview((c_ubyte * kind.memory_limit_bytes).from_address(a.base)).cast("B")
         a.mem_lo = self._mem_len(a)
+        a.st.base = a.base
         a.config = bytes.fromhex(kind.config_hex)
         # ctypes converts a c_uint64 argument given as an int into a new object on
         # every call (about 0.1-0.2 us); an object of the argument's type passes as is.
@@ -656,6 +778,7 @@ class GroupHost:
         self._kind_of_stage.setdefault(kind.stage, []).append(a)
         # we_init runs now; its outputs are committed with the first stage of tick 0.
         self.cur = a
+        self._hctx.cur = a.st
         self._begin_step(a, INIT_TICK)
         init = ex["we_init"]
         seed = _rng.as_i64(_rng.stream_key(self.spec.run_seed, agent_id, INIT_TICK))
@@ -675,23 +798,36 @@ class GroupHost:
                 a.status = AgentStatus.QUARANTINED
         a.fuel_total += a.fuel - self._fuel_left(a)
         self.cur = None
+        self._hctx.cur = _nffi.NULL
 
     # -- output buffer -----------------------------------------------------------
-    def _mark(self):
-        return len(self._out)
+    # The fast path buffers outputs in the native arena (_arena_emit; the
+    # native host functions append there too), the reference path in _out.
+    def _mark(self) -> int:
+        return self._hctx.out_n if self.fast else len(self._out)
 
     def _emit(self, kind: int, a: _Agent, dst: int, payload: bytes) -> int:
         seq = a.seq
         if seq >= 0xFFFFFFFF:
             raise _HostFault(TrapCode.ABI_VIOLATION, _SEQ_OVERFLOW)
         a.seq = seq + 1
-        self._out.append((kind, a.id, dst, seq, payload))
+        if self.fast:
+            self._arena_emit(kind, a.id, dst, seq, payload)
+        else:
+            self._out.append((kind, a.id, dst, seq, payload))
         return seq
 
     def _rollback(self, a: _Agent, mark: int) -> None:
         """Discard an agent's effects of the current step (it trapped)."""
-        removed = len(self._out) - mark
-        del self._out[mark:]
+        if self.fast:
+            c = self._hctx
+            removed = c.out_n - mark
+            if removed:
+                c.out_used -= int(self._arena_hdr["payload_len"][mark:c.out_n].sum())
+                c.out_n = mark
+        else:
+            removed = len(self._out) - mark
+            del self._out[mark:]
         a.seq -= removed
         a.pub = None
 
@@ -709,11 +845,17 @@ class GroupHost:
         dozen agent steps.
         """
         out = self._out
-        n_out, n_fuel = len(out), len(fuel_ids)
+        c = self._hctx
+        n_out, n_fuel = (c.out_n if self.fast else len(out)), len(fuel_ids)
         n_chunks = -(-n_fuel // CHUNK_AGENTS)
         headers = np.zeros(n_out + n_chunks, RECORD_DTYPE)
         payload = bytearray()
-        if n_out:
+        if self.fast:
+            if n_out:
+                headers[:n_out] = self._arena_hdr[:n_out]
+                payload = bytearray(self._arena_pay[:c.out_used])
+                c.out_n = c.out_used = 0
+        elif n_out:
             kinds, srcs, dsts, seqs, pays = zip(*out)
             h = headers[:n_out]
             h["kind"] = kinds
@@ -757,24 +899,29 @@ class GroupHost:
         if tick < 0 or tick >= INIT_TICK:
             raise ValueError(f"bad tick {tick}")
         self.tick = tick
+        self._hctx.tick = tick
         self._in = deliveries
         headers = deliveries.headers
-        # Python ints, converted once per stage: the host functions index them per message.
-        self._in_src = headers["source"].tolist()
-        self._in_off = deliveries.offsets.tolist()
-        payload = np.ascontiguousarray(deliveries.payload)
-        self._in_pay = memoryview(payload)
+        self._set_inbox(deliveries)
         agents = self._kind_of_stage.get(stage, [])
-        bounds = np.searchsorted(headers["destination"], self._stage_bounds[stage]).tolist() if agents else []
+        bounds = np.searchsorted(headers["destination"], self._stage_bounds[stage]) if agents else np.zeros(0, np.int64)
         lo, hi = bounds[:len(agents)], bounds[len(agents):]
         fuel_ids: list[int] = []
         fuel_used: list[int] = []
         if self.fast:
-            self._run_fast(agents, lo, hi, tick, fuel_ids, fuel_used)
+            # Every agent's inbox bounds and per-step send and infer counts, at once.
+            if agents:
+                rows = self._stage_rows[stage]
+                st = self._state
+                st["in_lo"][rows] = lo
+                st["in_hi"][rows] = hi
+                st["sends"][rows] = 0
+                st["infers"][rows] = 0
+            self._run_fast(agents, tick, fuel_ids, fuel_used)
         else:
-            self._in_payload_addr = payload.ctypes.data if len(payload) else 0
-            self._run_reference(agents, lo, hi, tick, fuel_ids, fuel_used)
+            self._run_reference(agents, lo.tolist(), hi.tolist(), tick, fuel_ids, fuel_used)
         self.cur = None
+        self._hctx.cur = _nffi.NULL
         return self._take_outputs(tick, stage, fuel_ids, fuel_used)
 
     def _run_reference(self, agents, lo, hi, tick, fuel_ids, fuel_used) -> None:
@@ -799,29 +946,31 @@ class GroupHost:
             fuel_ids.append(a.id)
             fuel_used.append(used)
 
-    def _run_fast(self, agents, lo, hi, tick, fuel_ids, fuel_used) -> None:
+    def _run_fast(self, agents, tick, fuel_ids, fuel_used) -> None:
         """_run_reference's loop with _begin_step, _call_step, _end_step and
-        _fuel_left inlined over prebound locals (see "the fast path" above)."""
+        _fuel_left inlined over prebound locals (see "the fast path" above).
+        run_stage has set every agent's inbox bounds and zeroed its send and
+        infer counts in its we_agent_state row."""
         call, set_fuel, get_fuel = _C_CALL_UNCHECKED, _C_SET_FUEL, _C_GET_FUEL
         slot, rc_words, trap_slot, fuel_slot = self._step_slot, self._step_rc, self._trap_slot, self._fuel_slot
         slot_addr, trap_addr, fuel_addr = self._slot_addrs
         n_slots = self._n_step_slots
-        out = self._out
         running = AgentStatus.RUNNING
+        emit = _nlib.we_host_emit
         add_id, add_used = fuel_ids.append, fuel_used.append
-        for a, a_lo, a_hi in zip(agents, lo, hi):
+        hctx = self._hctx
+        for a in agents:
             if a.status != running:
                 continue
-            a.in_lo = a_lo
-            a.in_hi = a_hi
             self.cur = a
-            a.sends = a.logs = a.infers = a.rng_n = 0
+            hctx.cur = a.st
+            a.logs = a.rng_n = 0
             a.rng_key = a.pub = None
             ctx = a.ctx_addr
             err = set_fuel(ctx, a.fuel_c)
             if err:
                 raise _error_from_addr(err)
-            mark = len(out)
+            mark = hctx.out_n
             slot[0] = tick  # the call overwrites the slot with its result
             err = call(ctx, a.step_addr, slot_addr, n_slots, trap_addr)
             if err or trap_slot[0]:
@@ -830,9 +979,16 @@ class GroupHost:
                     raise exc  # KeyboardInterrupt and the like in a host function: not the agent's fault
                 self._fault(a, mark, *_classify(exc))
             else:
-                if a.pub is not None:
-                    self._emit(K_PUBLISH, a, 0, a.pub)
+                pub = a.pub
+                if pub is not None:
+                    # _emit(K_PUBLISH, a, 0, pub), inlined: most agents publish every step
                     a.pub = None
+                    st = a.st
+                    seq = st.seq
+                    if seq >= 0xFFFFFFFF or emit(hctx, K_PUBLISH, a.id, 0, seq, pub, len(pub)):
+                        self._emit(K_PUBLISH, a, 0, pub)  # the overflow fault, or a full arena
+                    else:
+                        st.seq = seq + 1
                 rc = rc_words[0]
                 if rc:
                     a.status = AgentStatus.HALTED

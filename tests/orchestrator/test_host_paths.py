@@ -307,3 +307,76 @@ def test_memory_that_starts_empty_then_grows(tmp_path):
     """
     (t0,) = _run_both(tmp_path, _module(tmp_path, step, pages=0))
     assert _of(t0, K_PUBLISH)[0].payload == (42).to_bytes(4, "little")
+
+
+# ---- native host functions (native/we_host.c) and their Python fallbacks -------------
+def _count_fallbacks(monkeypatch) -> dict:
+    """Count the calls of the Python versions of the natively served imports
+    (on the fast path they run only as the native functions' fallbacks)."""
+    calls = dict.fromkeys(("recv", "send", "infer", "inbox_count"), 0)
+    make = GroupHost._fast_imports
+
+    def counting(self):
+        fns = make(self)
+        for name in calls:
+            def wrapped(env, caller, args, nargs, _fn=fns[name], _name=name):
+                calls[_name] += 1
+                return _fn(env, caller, args, nargs)
+            fns[name] = wrapped
+        return fns
+
+    monkeypatch.setattr(GroupHost, "_fast_imports", counting)
+    return calls
+
+
+def test_native_host_functions_serve_the_common_case(tmp_path, monkeypatch):
+    """Plain recv, send, infer and inbox_count calls never reach Python; the
+    outputs are the reference path's bytes."""
+    calls = _count_fallbacks(monkeypatch)
+    step = """
+      (i32.store (i32.const 0) (call $inbox_count))
+      (i32.store (i32.const 4) (call $recv (i32.const 8) (i32.const 16) (i32.const 3)))   ;; truncated copy
+      (i32.store (i32.const 32) (call $recv (i32.const 8) (i32.const 16) (i32.const 16)))  ;; inbox empty: -1
+      (i32.store (i32.const 36) (call $send (i32.const 1) (i32.const 16) (i32.const 3)))
+      (i64.store (i32.const 40) (call $infer (i32.const 1) (i32.const 0) (i32.const 8)))
+      (i32.store (i32.const 48) (call $send (i32.const 1) (i32.const 16) (i32.const 99)))  ;; too long: -3
+      (i64.store (i32.const 56) (call $tick))
+      (drop (call $publish (i32.const 0) (i32.const 64)))
+    """
+    inbox = [[(1, 0, b"hello"), (1, 1, b"x")], [(0, 1, b"ab")]]
+    t0, t1 = _run_both(tmp_path, _module(tmp_path, step), ticks=2, inbox=inbox)
+    assert calls == dict.fromkeys(calls, 0)
+    res = _of(t0, K_PUBLISH)[0].payload
+    assert _words(res[:8]) == [1, 5] and res[8:12] == (1).to_bytes(4, "little") and res[16:19] == b"hel"
+    assert _words(res[32:40]) == [-1, 0] and _words(res[48:52]) == [-3]
+    assert _words(res[56:64], "<i8") == [0]
+    assert [(r.destination, r.payload) for r in _of(t0, K_MSG)] == [(1, b"hel")]
+    # agent 1 at tick 1: one message waiting, then recv's length: the infer request's first 8 bytes
+    assert [_words(r.payload) for r in _of(t1, K_INFER, source=1)] == [[1, 2]]
+
+
+def test_output_arena_grows_mid_step_in_emission_order(tmp_path, monkeypatch):
+    """More outputs than the arena holds: the native send hands the full case
+    to Python, which grows the arena; native sends and Python logs stay in
+    emission order, as on the reference path."""
+    calls = _count_fallbacks(monkeypatch)
+    step = """
+      (local.set $top (i32.const 0))
+      (block $done (loop $next
+        (br_if $done (i32.ge_u (local.get $top) (i32.const 60)))
+        (i32.store (i32.const 0) (local.get $top))
+        (drop (call $send (i32.const 1) (i32.const 0) (i32.const 64)))
+        (if (i32.eq (i32.rem_u (local.get $top) (i32.const 20)) (i32.const 10)) (then
+          (drop (call $log (i32.const 0) (i32.const 4)))))
+        (local.set $top (i32.add (local.get $top) (i32.const 1)))
+        (br $next)))
+    """
+    t0, t1 = _run_both(tmp_path, _module(tmp_path, step), ticks=2, max_sends=100)
+    for records in (t0, t1):
+        for agent in (0, 1):
+            mine = [r for r in records if r.source == agent and r.kind in (K_MSG, K_LOG)]
+            assert [r.seq for r in mine] == sorted(r.seq for r in mine)
+            assert len(_of(records, K_MSG, agent)) == 60 and len(_of(records, K_LOG, agent)) == 3
+            assert [int.from_bytes(r.payload[:4], "little") for r in _of(records, K_MSG, agent)] == list(range(60))
+    # 2 agents x 63 records against the arena's first 64: the full case went to Python.
+    assert calls["send"] >= 1
