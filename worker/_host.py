@@ -311,14 +311,9 @@ class GroupHost:
         self.engine = make_engine(spec.kinds)
         self.tick = INIT_TICK
         self.cur: _Agent | None = None
-        self._in = RecordBatch.empty()
-        self._in_payload_addr = 0
-        self._in_src: list[int] = []
-        self._in_off: list[int] = [0]
-        self._in_pay = memoryview(b"")
-        #: Buffered outputs of the current stage, in emission order: one
-        #: (kind, source, destination, seq, payload) tuple each. Cleared in place,
-        #: never replaced: the fast host functions hold on to this list.
+        #: The reference path's buffered outputs of the current stage, in emission
+        #: order: one (kind, source, destination, seq, payload) tuple each (the
+        #: fast path's go to the native arena, _arena_emit).
         self._out: list[tuple[int, int, int, int, bytes]] = []
         # One C callback per import for the whole group, shared by every kind's
         # linker; kept here as long as the linkers may call them.
@@ -338,9 +333,9 @@ class GroupHost:
         self._hctx = _nffi.new("we_host_ctx *")
         self._arena_hdr = np.zeros(0, RECORD_DTYPE)
         self._arena_pay = np.zeros(0, np.uint8)
-        self._in_keep: tuple = ()
         if self.fast:
             self._init_native()
+        self._set_inbox(RecordBatch.empty())
         for kind in spec.kinds:
             lo, hi = kind.first_agent_id, kind.first_agent_id + kind.count
             mine = ids[(ids >= lo) & (ids < hi)]
@@ -424,7 +419,7 @@ class GroupHost:
 
     def _init_native(self) -> None:
         """Fill the native host context: limits, record kinds, the Python
-        fallbacks, an empty inbox and a first output arena."""
+        fallbacks and a first output arena."""
         c, spec = self._hctx, self.spec
         c.tick = self.tick
         c.total_agents, c.n_models = spec.total_agents, spec.n_models
@@ -432,15 +427,14 @@ class GroupHost:
         c.kind_msg, c.kind_infer = K_MSG, K_INFER
         for name in _FALLBACKS:
             setattr(c, "fallback_" + name, _nffi.cast("we_host_cb", cast(self._callbacks[name], c_void_p).value))
-        self._set_inbox(RecordBatch.empty())
         self._grow_arena(max(64, 4 * len(self._ids)), 1 << 16)
 
     def _set_inbox(self, deliveries: RecordBatch) -> None:
-        """The stage's deliveries, as the host functions (native and Python) read them."""
+        """The stage's deliveries, as the host functions (native and Python) read
+        them; the context points into these arrays, which these attributes keep alive."""
         src = np.ascontiguousarray(deliveries.headers["source"], np.uint32)
         off = np.ascontiguousarray(deliveries.offsets, np.int64)
         pay = np.ascontiguousarray(deliveries.payload, np.uint8)
-        self._in_keep = (src, off, pay)  # the context points into these
         self._in_src, self._in_off, self._in_pay = src, off, memoryview(pay)
         if self.fast:
             c = self._hctx
@@ -900,7 +894,6 @@ class GroupHost:
             raise ValueError(f"bad tick {tick}")
         self.tick = tick
         self._hctx.tick = tick
-        self._in = deliveries
         headers = deliveries.headers
         self._set_inbox(deliveries)
         agents = self._kind_of_stage.get(stage, [])
