@@ -90,6 +90,7 @@ from ._process import (  # noqa: E402
     MODEL_STATS_VERSION,
     build_engine,
     decode_model_stats,
+    done_record,
     encode_model_stats,
     engine_info,
     execute_batch,
@@ -100,6 +101,6 @@ from ._process import (  # noqa: E402
 
 __all__ += [
     "K_INF_DONE", "K_INF_ERROR", "K_INF_EXECUTE", "K_INF_INIT", "K_INF_READY", "K_INF_REQUEST", "K_INF_RESULT",
-    "K_INF_SHUTDOWN", "MODEL_STATS_DTYPE", "MODEL_STATS_VERSION", "build_engine", "decode_model_stats",
+    "K_INF_SHUTDOWN", "MODEL_STATS_DTYPE", "MODEL_STATS_VERSION", "build_engine", "decode_model_stats", "done_record",
     "encode_model_stats", "engine_info", "execute_batch", "inference_main", "request_id", "stats_report",
 ]

@@ -89,28 +89,83 @@ def engine_info(engine) -> list[dict]:
     return out
 
 
-def execute_batch(engine, requests: RecordBatch, max_result_bytes: int) -> RecordBatch:
+def execute_batch(engine, requests: RecordBatch, max_result_bytes: int, *,
+                  done_tick: int | None = None) -> RecordBatch:
     """Run a tick's requests (canonical order) and encode results as K_INF_RESULT records.
 
     The usual tick (one tensor model, one payload length and header, batching
     verified) goes from the request payloads to the result payloads as byte
     matrices (`InferenceEngine.execute_uniform`); any other, or one it cannot
     serve whole, takes the general path.  Both give the same bytes.
+
+    done_tick: also end the batch with K_INF_DONE(done_tick), carrying the
+    engine's counters after this run (the inference process's whole reply to
+    one K_INF_EXECUTE, built in one piece: the same bytes as the results
+    followed by ``done_record(engine, done_tick)``).
     """
     h = requests.headers
     n = len(h)
     results = _execute_uniform(engine, requests, max_result_bytes) if n else None
     if results is not None:
         # What from_arrays builds (flags = status OK = 0), without its re-checks
-        # of what is consistent by construction: n payloads of results.shape[1] bytes.
-        out = np.zeros(n, RECORD_DTYPE)
-        out["kind"] = K_INF_RESULT
-        out["payload_len"] = results.shape[1]
-        out["source"] = h["destination"]
-        out["destination"] = h["source"]
-        out["tick"] = h["tick"]
-        out["seq"] = h["seq"]
-        return RecordBatch._trusted(out, results.reshape(-1))
+        # of what is consistent by construction: n payloads of results.shape[1]
+        # bytes.  The constant fields come from a cached template: this runs
+        # right after session.run, with the caches cold, where every numpy
+        # call costs several times its usual time.
+        stats = b"" if done_tick is None else encode_model_stats(engine)
+        width = results.shape[1]
+        out = _reply_template(n, width, int(h["destination"][0]), done_tick is not None, len(stats)).copy()
+        out = out.view(RECORD_DTYPE)
+        out["destination"][:n] = h["source"]
+        out["tick"][:n] = h["tick"]
+        out["seq"][:n] = h["seq"]
+        if done_tick is None:
+            return RecordBatch._trusted(out, results.reshape(-1))
+        out["tick"][n] = done_tick
+        payload = np.empty(n * width + len(stats), np.uint8)
+        payload[:n * width] = results.reshape(-1)
+        payload[n * width:] = np.frombuffer(stats, np.uint8)
+        return RecordBatch._trusted(out, payload)
+    out = _execute_general(engine, requests, max_result_bytes)
+    return out if done_tick is None else RecordBatch.concat([out, done_record(engine, done_tick)])
+
+
+def done_record(engine, tick: int) -> RecordBatch:
+    """K_INF_DONE(tick): the end of a tick's results, carrying ``engine``'s counters so far."""
+    return RecordBatch.single(K_INF_DONE, encode_model_stats(engine), tick=tick, flags=MODEL_STATS_VERSION)
+
+
+#: Header templates of uniform replies, by (n, width, model, with DONE, stats bytes); at most this many.
+_REPLY_TEMPLATES_MAX = 16
+_reply_templates: dict[tuple, np.ndarray] = {}
+
+
+def _reply_template(n: int, width: int, model: int, with_done: bool, stats_bytes: int) -> np.ndarray:
+    """The constant fields of a uniform reply's headers: n OK results of
+    ``width`` bytes from ``model``, then (with_done) K_INF_DONE with
+    ``stats_bytes`` of counters; the per-request fields and ticks are zero.
+    Kept as raw bytes: copying those is one memcpy (a structured copy goes
+    field by field)."""
+    key = (n, width, model, with_done, stats_bytes)
+    tmpl = _reply_templates.get(key)
+    if tmpl is None:
+        if len(_reply_templates) >= _REPLY_TEMPLATES_MAX:
+            _reply_templates.clear()
+        tmpl = np.zeros(n + with_done, RECORD_DTYPE)
+        tmpl["kind"][:n] = K_INF_RESULT
+        tmpl["payload_len"][:n] = width
+        tmpl["source"][:n] = model
+        if with_done:
+            tmpl[n] = (K_INF_DONE, MODEL_STATS_VERSION, stats_bytes, 0, 0, 0, 0, 0)
+        tmpl = tmpl.view(np.uint8)
+        _reply_templates[key] = tmpl
+    return tmpl
+
+
+def _execute_general(engine, requests: RecordBatch, max_result_bytes: int) -> RecordBatch:
+    """execute_batch's general path: any mix of models, lengths and outcomes."""
+    h = requests.headers
+    n = len(h)
     # The general path.  A request's outcome does not depend on its id, so
     # none is built: (model index, payload) pairs go to the engine directly.
     data = requests.payload.tobytes()
@@ -167,11 +222,11 @@ class _Server:
                 return False
             reply(RecordBatch.single(K_INF_READY, json.dumps(engine_info(self.engine)).encode()))
         elif kind == K_INF_EXECUTE:
-            reqs = RecordBatch.concat(pending)
+            # Popped batches are this process's own copies, and nothing modifies
+            # the requests: no need for another copy.
+            reqs = RecordBatch.concat(pending, copy=False)
             pending.clear()
-            out = execute_batch(self.engine, reqs, self.max_result)
-            done = RecordBatch.single(K_INF_DONE, encode_model_stats(self.engine), tick=tick, flags=MODEL_STATS_VERSION)
-            reply(RecordBatch.concat([out, done]))
+            reply(execute_batch(self.engine, reqs, self.max_result, done_tick=tick))
         elif kind == K_INF_SHUTDOWN:
             return False
         else:

@@ -31,6 +31,7 @@ from wasm_engine.inference import (
     Status,
     _tensor,
     decode_tensors,
+    done_record,
     encode_generate_request,
     encode_tensors,
     execute_batch,
@@ -95,20 +96,32 @@ class Pair:
             return out
 
         self.new.execute_uniform = spy
+        self.ticks = 0
 
     def run(self, batch: RecordBatch, transport_limit: int = LIMIT) -> tuple[RecordBatch, bool]:
-        """One tick through both; asserts identical records and state.  Returns (results, fast path taken)."""
+        """One tick through both; asserts identical records and state.  Returns (results, fast path taken).
+
+        Every other tick asks for the K_INF_DONE record too (as the inference
+        process does), which must be exactly the results then done_record's.
+        """
         self.taken.clear()
+        self.ticks += 1
+        done_tick = self.ticks if self.ticks % 2 else None
         # The fast path's safety net (an exception becomes "use the general path")
         # logs an error; these ticks must never need it.
         errors = _ErrorLog()
         logger = logging.getLogger("wasm_engine.inference")
         logger.addHandler(errors)
         try:
-            got = execute_batch(self.new, batch, transport_limit)
+            got = execute_batch(self.new, batch, transport_limit, done_tick=done_tick)
         finally:
             logger.removeHandler(errors)
         assert not errors.records, errors.records[0].getMessage()
+        if done_tick is not None:
+            done = got.slice(len(got) - 1, len(got))
+            assert done == done_record(self.new, done_tick)
+            assert done.headers.tobytes() == done_record(self.new, done_tick).headers.tobytes()
+            got = got.slice(0, len(got) - 1)
         want = ref_execute_batch(self.ref, batch, transport_limit)
         assert got.headers.tobytes() == want.headers.tobytes()
         assert got.payload.tobytes() == want.payload.tobytes()
