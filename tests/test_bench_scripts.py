@@ -84,6 +84,14 @@ def test_probe_model_speed_json_shape():
     assert bad.returncode == 2 and "--engine-load" in bad.stderr
 
 
+def test_probe_after_run_json_shape():
+    out = _run("probe_after_run.py", "--json", "--calls", "5", "--batch", "2", "--tensor-dims", "8,4", timeout_s=120)
+    r = json.loads(out[-1])
+    assert r["after_run_us"] > 0 and r["again_us"] > 0 and r["calls"] == 5 and r["batch"] == 2
+    bad = _refused("probe_after_run.py", "--calls", "0")
+    assert bad.returncode == 2 and "--calls" in bad.stderr
+
+
 def test_probe_model_speed_with_engine_load_alternates_and_cleans_up():
     from wasm_engine.shm_protocol import list_segments
 
