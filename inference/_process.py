@@ -114,8 +114,8 @@ def execute_batch(engine, requests: RecordBatch, max_result_bytes: int, *,
         # call costs several times its usual time.
         stats = b"" if done_tick is None else encode_model_stats(engine)
         width = results.shape[1]
-        out = _reply_template(n, width, int(h["destination"][0]), done_tick is not None, len(stats)).copy()
-        out = out.view(RECORD_DTYPE)
+        out = _reply_template(n, width, int(h["destination"][0]), done_tick is not None, len(stats)).copy().view(
+            RECORD_DTYPE)
         out["destination"][:n] = h["source"]
         out["tick"][:n] = h["tick"]
         out["seq"][:n] = h["seq"]
@@ -166,8 +166,7 @@ def _execute_general(engine, requests: RecordBatch, max_result_bytes: int) -> Re
     """execute_batch's general path: any mix of models, lengths and outcomes."""
     h = requests.headers
     n = len(h)
-    # The general path.  A request's outcome does not depend on its id, so
-    # none is built: (model index, payload) pairs go to the engine directly.
+    # A request's outcome does not depend on its id, so none is built: (model index, payload) pairs go to the engine directly.
     data = requests.payload.tobytes()
     off = requests.offsets.tolist()
     outcomes = engine.outcomes(h["destination"].tolist(), [data[a:b] for a, b in pairwise(off)])
