@@ -1,8 +1,8 @@
 """cffi out-of-line API-mode builder for wasm_engine.native._atomics.
 
 Registered in setup.py through ``cffi_modules``: ``pip install .`` compiles
-we_native.c (rings) and we_host.c (native host functions) with the system C
-compiler. Nothing prebuilt is committed.
+we_native.c (rings), we_host.c (native host functions) and we_rows.c (row
+programs) with the system C compiler. Nothing prebuilt is committed.
 The C source is read from this directory and handed to cffi as the module
 source, so the build needs no extra include paths.
 """
@@ -39,8 +39,9 @@ def _cdef_from_header(header: str) -> str:
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef_from_header(_read("we_native.h")) + "\n" + _cdef_from_header(_read("we_host.h")))
-_LOCAL_INCLUDES = ('#include "we_native.h"', '#include "we_host.h"')
+_HEADERS = ("we_native.h", "we_host.h", "we_rows.h")
+ffibuilder.cdef("\n".join(_cdef_from_header(_read(h)) for h in _HEADERS))
+_LOCAL_INCLUDES = tuple(f'#include "{h}"' for h in _HEADERS)
 
 
 def _body(name: str) -> str:
@@ -52,7 +53,7 @@ def _body(name: str) -> str:
 
 ffibuilder.set_source(
     "wasm_engine.native._atomics",
-    "\n".join([_read("we_native.h"), _read("we_host.h"), _body("we_native.c"), _body("we_host.c")]),
+    "\n".join([_read(h) for h in _HEADERS] + [_body(c) for c in ("we_native.c", "we_host.c", "we_rows.c")]),
     extra_compile_args=["-O2", "-std=gnu11", "-fno-strict-aliasing", "-Wall"],
 )
 

@@ -2,7 +2,8 @@
 orchestrator -> worker, inference -> shm_protocol -> native.
 Packages import each other only through their public __init__ re-exports.
 A layer may reach past the one below it, never above: orchestrator reads
-shm_protocol's records, and worker calls native's host functions."""
+shm_protocol's records, worker calls native's host functions, and inference
+runs native's row programs."""
 import ast
 from pathlib import Path
 
@@ -13,7 +14,7 @@ PACKAGES = ("orchestrator", "worker", "inference", "shm_protocol", "native")
 ALLOWED = {
     "orchestrator": {"worker", "inference", "shm_protocol"},
     "worker": {"shm_protocol", "native"},
-    "inference": {"shm_protocol"},
+    "inference": {"shm_protocol", "native"},
     "shm_protocol": {"native"},
     "native": set(),
 }

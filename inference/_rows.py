@@ -1,0 +1,110 @@
+"""Row programs: a uniform batch's per-request byte moves in one C call.
+
+Layer: inference, over native/we_rows.h. A program is a short list of ops,
+each applied to rows [0, n) of a batch whose n requests share one payload
+layout: COPY a slice of every row to or from a dense array, FILL every row's
+slice with the same bytes, check every row's slice EQUALs given bytes.  A
+program is built once per batch layout (TensorModel's uniform-tick plans)
+and run every tick; building it is where the addresses are checked, so that
+running it can only touch the buffers it was built for and the two it is
+given (each at least as large as the program needs, checked per run).
+
+ROW_OP_DTYPE mirrors we_row_op (docs/INFERENCE.md "Row programs"), checked
+at import against the compiled extension.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..native import ffi, lib
+
+COPY, FILL, EQUAL = lib.WE_ROW_COPY, lib.WE_ROW_FILL, lib.WE_ROW_EQUAL
+SRC_BASE, DST_BASE = lib.WE_ROW_SRC_BASE, lib.WE_ROW_DST_BASE
+
+ROW_OP_VERSION = 1
+ROW_OP_DTYPE = np.dtype([("op", "<u4"), ("flags", "<u4"), ("src", "<u8"), ("src_stride", "<u8"),
+                         ("dst", "<u8"), ("dst_stride", "<u8"), ("bytes", "<u8")])
+
+#: Ops per program, at most.
+MAX_OPS = 256
+
+
+def _check_layout() -> None:
+    out = ffi.new("uint64_t[16]")
+    lib.we_rows_layout(out)
+    names = ("op", "flags", "src", "src_stride", "dst", "dst_stride", "bytes")
+    want = [ROW_OP_VERSION, ROW_OP_DTYPE.itemsize] + [ROW_OP_DTYPE.fields[f][1] for f in names]
+    if list(out)[:9] != want or ROW_OP_DTYPE.itemsize != 48:
+        raise ImportError(f"native we_row_op layout {list(out)[:9]} does not match ROW_OP_DTYPE {want} "
+                          "(docs/INFERENCE.md \"Row programs\"); rebuild with `pip install -e .`")
+
+
+_check_layout()
+
+
+def address(a: np.ndarray | bytes) -> int:
+    """The address of a's first byte (a numpy array or a bytes object kept alive by the caller)."""
+    if isinstance(a, np.ndarray):
+        return int(a.__array_interface__["data"][0])
+    return int(ffi.cast("uintptr_t", ffi.from_buffer(a)))
+
+
+class RowProgram:
+    """ops (op, flags, src, src_stride, dst, dst_stride, bytes) over `rows` rows.
+
+    keep: the arrays and bytes the ops' absolute addresses point into (held
+    here for the program's lifetime).  Every absolute range must lie inside
+    one of them; the base-relative ranges define how large the buffers given
+    to `run` must be.
+    """
+
+    __slots__ = ("rows", "_ops", "_ptr", "_n_ops", "_keep", "_src_bytes", "_dst_bytes")
+
+    def __init__(self, ops: list[tuple], keep: list, rows: int) -> None:
+        if not 0 < len(ops) <= MAX_OPS or rows < 1:
+            raise ValueError(f"a row program has 1..{MAX_OPS} ops and at least one row")
+        table = np.array(ops, ROW_OP_DTYPE)
+        spans = [(address(k), _nbytes(k)) for k in keep]
+        src_need = dst_need = 0
+        for op, flags, src, s_stride, dst, d_stride, size in ops:
+            if op not in (COPY, FILL, EQUAL):
+                raise ValueError(f"unknown row op {op}")
+            s_stride = 0 if op == FILL else s_stride
+            d_stride = 0 if op == EQUAL else d_stride
+            s_end = src + (rows - 1) * s_stride + size
+            d_end = dst + (rows - 1) * d_stride + size
+            if flags & SRC_BASE:
+                src_need = max(src_need, s_end)
+            elif size and not any(a <= src and s_end <= a + n for a, n in spans):
+                raise ValueError("a row op reads outside the program's buffers")
+            if flags & DST_BASE:
+                dst_need = max(dst_need, d_end)
+            elif size and not any(a <= dst and d_end <= a + n for a, n in spans):
+                raise ValueError("a row op writes outside the program's buffers")
+        self.rows = rows
+        self._ops = table
+        self._ptr = ffi.cast("const we_row_op *", table.__array_interface__["data"][0])
+        self._n_ops = len(ops)
+        self._keep = keep
+        self._src_bytes, self._dst_bytes = src_need, dst_need
+
+    def run(self, src: np.ndarray | None = None, dst: np.ndarray | None = None) -> int:
+        """Run over the rows with these base buffers (contiguous); returns the
+        first row where an EQUAL op fails, or `rows` when none does."""
+        return lib.we_rows_run(self._ptr, self._n_ops, _base(src, self._src_bytes, False),
+                               _base(dst, self._dst_bytes, True), self.rows)
+
+
+def _nbytes(k) -> int:
+    return k.nbytes if isinstance(k, np.ndarray) else len(k)
+
+
+def _base(a: np.ndarray | None, need: int, writable: bool):
+    if a is None:
+        if need:
+            raise ValueError("this row program needs a base buffer")
+        return ffi.NULL
+    if a.nbytes < need:
+        raise ValueError(f"row program base buffer: need {need} bytes, got {a.nbytes}")
+    # from_buffer refuses a buffer that is not contiguous (or not writable, if asked).
+    return ffi.from_buffer("uint8_t[]", a, require_writable=writable)
