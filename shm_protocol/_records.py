@@ -162,6 +162,11 @@ class RecordBatch:
     def records(self) -> list[Record]:
         return [self.record(i) for i in range(len(self))]
 
+    def copy(self) -> "RecordBatch":
+        """The same records in arrays of their own (for keeping a batch whose
+        arrays are views of a ring's receive buffer)."""
+        return RecordBatch._trusted(_copy_headers(self.headers), self.payload.copy())
+
     def slice(self, lo: int, hi: int) -> "RecordBatch":
         """Records lo..hi-1 as views (no copy): the cheap case of take()."""
         off = self.offsets

@@ -46,12 +46,17 @@ class _Reply:
 
 
 def serve_channel(channel_name: str, parent_pid: int, *, data_kind: int, error_kind: int, label: str,
-                  on_control) -> None:
+                  on_control, views: bool = False) -> None:
     """Serve until ``on_control`` returns False, the parent dies, or it is idle too long.
 
     ``on_control(batch, i, pending, reply)`` handles control record ``i`` of
     ``batch``; ``pending`` holds the data records (``data_kind``) received
     since the handler last cleared it; ``reply(records)`` sends to the parent.
+
+    views: ``batch`` and the records in ``pending`` may be views of the
+    ring's receive buffer, valid only until ``on_control`` returns (the loop
+    copies whatever is still pending before it pops again).  For a handler
+    that keeps nothing it is given: it saves copying every popped batch.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ch = Channel.attach(channel_name)
@@ -60,7 +65,7 @@ def serve_channel(channel_name: str, parent_pid: int, *, data_kind: int, error_k
     idle = 0
     try:
         while True:
-            batch = ch.recv.pop_batch(timeout_s=PARENT_CHECK_S)
+            batch = ch.recv.pop_batch(timeout_s=PARENT_CHECK_S, copy=not views)
             if not len(batch):
                 idle += 1
                 if os.getppid() != parent_pid or idle > MAX_IDLE_POLLS:
@@ -68,14 +73,18 @@ def serve_channel(channel_name: str, parent_pid: int, *, data_kind: int, error_k
                 continue
             idle = 0
             start = 0
+            kept = len(pending)  # pending[:kept] are copies from earlier pops
             for c in np.flatnonzero(batch.headers["kind"] != data_kind).tolist():
                 if c > start:
                     pending.append(batch.slice(start, c))
                 start = c + 1
                 if on_control(batch, c, pending, reply) is False:
                     return
+                kept = min(kept, len(pending))
             if start < len(batch):
                 pending.append(batch.slice(start, len(batch)))
+            if views:
+                pending[kept:] = [b.copy() for b in pending[kept:]]
     except SystemExit:
         raise
     except BaseException:
