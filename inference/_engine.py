@@ -194,6 +194,33 @@ class InferenceEngine:
                              model.spec.id)
             return None
 
+    def uniform_plan(self, model_index: int):
+        """The native plan that served model ``model_index``'s last execute_uniform call, or None.
+
+        An opaque handle for `run_plan`: the next tick whose requests look
+        like that one's (same count, length and header bytes) can be served
+        through it with a few native calls and no per-tick checks in Python.
+        """
+        model = self._models[model_index] if 0 <= model_index < len(self._models) else None
+        return model.last_plan if isinstance(model, TensorModel) else None
+
+    def run_plan(self, model_index: int, plan, payloads: np.ndarray, out: np.ndarray, max_result_bytes: int) -> bool:
+        """Serve requests for model ``model_index`` through ``plan`` (from uniform_plan) into ``out``, or return False.
+
+        payloads: (n, size) uint8, C-contiguous, one request per row; out:
+        (n, result width) uint8, C-contiguous.  True: row j of out is the
+        payload `outcomes` gives request j, every status OK, exactly as
+        execute_uniform would give it.  False: execute_uniform (or outcomes)
+        must serve these requests; see TensorModel.run_plan.
+        """
+        model = self._models[model_index]
+        try:
+            return model.run_plan(plan, payloads, out, min(max_result_bytes, self.max_result_bytes))
+        except Exception:
+            LOGGER.exception("internal error in the native uniform path of model %r; using the general path",
+                             model.spec.id)
+            return False
+
     def _execute_mixed(self, indices: list, payloads: list) -> list[tuple[int, bytes] | None]:
         outcomes: list[tuple[int, bytes] | None] = [None] * len(indices)
         by_model: dict[int, list[int]] = {}

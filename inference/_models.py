@@ -132,6 +132,16 @@ def timed_run(session: ort.InferenceSession, stats: RunStats, output_names: list
         stats.run_ns += time.perf_counter_ns() - t0
 
 
+def timed_binding_run(session: ort.InferenceSession, stats: RunStats, binding) -> None:
+    """``session.run_with_iobinding(binding)``, counted in ``stats`` like timed_run."""
+    t0 = time.perf_counter_ns()
+    try:
+        session.run_with_iobinding(binding)
+    finally:
+        stats.runs += 1
+        stats.run_ns += time.perf_counter_ns() - t0
+
+
 def rss_bytes() -> int:
     """Resident set size of this process (0 if it cannot be read)."""
     try:

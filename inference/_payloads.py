@@ -411,6 +411,18 @@ def _matrix_plan(sig: tuple, arrays) -> tuple[int, list[tuple]] | None:
     return plan
 
 
+def tensor_matrix_layout(arrays: list[np.ndarray] | tuple[np.ndarray, ...]) -> tuple[int, list[tuple]] | None:
+    """Where `encode_tensor_matrix(arrays)` puts each array's bytes in a row:
+    (row width, per array (header columns lo..hi, header bytes, end of its
+    data columns, the little-endian dtype its data is written in)), or None
+    where it would return None."""
+    plan = _matrix_plan(tuple((a.dtype, a.shape[1:]) for a in arrays), arrays)
+    if plan is None:
+        return None
+    width, parts = plan
+    return width, [(lo, hi, head.tobytes(), end, le) for lo, hi, head, end, _, le in parts]
+
+
 def encode_tensor_matrix(arrays: list[np.ndarray] | tuple[np.ndarray, ...]) -> np.ndarray | None:
     """`encode_tensor_rows(arrays)` as one (n, size) uint8 matrix: row j is payload j.
 

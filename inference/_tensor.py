@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from itertools import repeat
 
 import numpy as np
 
 from ._errors import ModelLoadError
-from ._models import ModelSpec, OpenedModel, RunStats, TensorInfo, ort_message, timed_run
+from ._models import ModelSpec, OpenedModel, RunStats, TensorInfo, ort_message, timed_binding_run, timed_run
 from ._payloads import (
     ALIGNMENT,
     DTYPE_CODES,
@@ -58,8 +59,10 @@ from ._payloads import (
     encode_tensors,
     error_payload,
     header_ranges,
+    tensor_matrix_layout,
     tensor_records,
 )
+from ._rows import COPY, DST_BASE, EQUAL, FILL, SRC_BASE, RowProgram, address
 
 LOGGER = logging.getLogger("wasm_engine.inference")
 
@@ -88,6 +91,14 @@ _LAYOUT_LENGTHS = 256
 # allocation itself (ONNX Runtime then runs measurably slower on it, here).
 _SCRATCH_MAX_BYTES = 1 << 20
 
+# Uniform-tick plans (see TensorModel._make_plan) kept per model, at most;
+# their input and output arrays are at most _SCRATCH_MAX_BYTES each.
+_PLANS_MAX = 8
+# _run_plan's answer when its bound run failed.  Not a request's error: the
+# numpy path runs the model again and reports any.  (ONNX Runtime logs the
+# failure; a quieter RunOptions would cost ~140 us per run, so none is used.)
+_PLAN_FAILED = object()
+
 
 def _fmt_shape(shape: tuple) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
@@ -106,6 +117,18 @@ class _Layout:
     # for empty tensors with huge other dimensions: numpy could not allocate
     # n of them where it can allocate one.
     stackable: bool
+
+
+@dataclass
+class _Plan:
+    """execute_uniform's native path for n requests of one layout (see TensorModel._make_plan)."""
+
+    layout: _Layout
+    size: int  # request bytes
+    width: int  # result bytes per request
+    gather: RowProgram  # checks every request's header bytes, then copies its element data into the inputs
+    scatter: RowProgram  # writes every result row: headers, then the outputs' element data
+    binding: object  # ort IOBinding: the session's inputs and outputs bound to the programs' arrays
 
 
 @dataclass
@@ -157,6 +180,13 @@ class TensorModel:
         # execute_uniform, which the caller serves next through execute: that
         # run is not made again there (see _take_uniform_failure).
         self._uniform_failure: tuple[int, bytes, BaseException] | None = None
+        # Uniform-tick plans by (id of their layout, n); None: none can be made for that key.
+        self._plans: dict[tuple[int, int], _Plan | None] = {}
+        # Plans are made only where they can be checked here: the CPU provider on
+        # a little-endian machine (tensor payloads are little-endian).
+        self._plans_ok = opened.provider == "cpu" and sys.byteorder == "little"
+        # The plan that served the last execute_uniform call, if one did (see run_plan).
+        self.last_plan: _Plan | None = None
 
     def _find_batch_symbol(self) -> str | None:
         """The symbolic dim-0 name shared by all inputs and outputs, if any."""
@@ -399,6 +429,7 @@ class TensorModel:
         `execute`, unchanged.
         """
         n, size = payloads.shape
+        self.last_plan = None
         if not (self.batching and n):
             return None
         try:
@@ -410,6 +441,20 @@ class TensorModel:
         rows, key = lay.check
         if n > 1 and self.batch_verified.get(key, 0) < VERIFY_MEMBERS:
             return None
+        plan_key = (id(lay), n)
+        plan = self._plans.get(plan_key, False) if self._plans_ok else None
+        if plan:
+            if plan.layout is lay:
+                out = self._run_plan(plan, payloads, max_result_bytes)
+                if out is not _PLAN_FAILED:
+                    self.last_plan = plan if out is not None else None
+                    return out
+                LOGGER.warning("model %r: a batch of %d requests failed through bound output arrays (outputs "
+                               "whose shape depends on the data?); such batches now take the numpy path",
+                               self.spec.id, n)
+                plan = self._plans[plan_key] = None  # the numpy path serves this tick and later ones
+            else:
+                plan = False  # a plan of an evicted layout whose id was reused
         # Compared as bytes objects: a copy and a memcmp cost less than numpy's
         # elementwise == and .all() at these sizes.
         for (lo, hi), head in zip(lay.ranges, lay.headers):
@@ -429,7 +474,102 @@ class TensorModel:
         out = encode_tensor_matrix([o.reshape((n, rows) + o.shape[1:]) for o in outputs])
         if out is None or out.shape[1] > max_result_bytes:
             return None
+        if plan is False:
+            if len(self._plans) >= _PLANS_MAX:
+                self._plans.clear()
+            self._plans[plan_key] = self.last_plan = self._make_plan(lay, payloads, outputs, out)
         return out
+
+    def run_plan(self, plan: _Plan, payloads: np.ndarray, out: np.ndarray, max_result_bytes: int) -> bool:
+        """Serve n requests through ``plan`` (a `last_plan`) into ``out``, or return False.
+
+        For a caller that has seen the previous tick served by ``plan`` and
+        has n requests like them: payloads (n, size) uint8, C-contiguous;
+        out: (n, plan.width) uint8, C-contiguous.  True exactly where
+        execute_uniform would have served them through the same plan, with
+        the same bytes; False where it would not have: then nothing has
+        changed but, if the bound run itself failed, the run counters (and
+        the plan is no longer used), and execute_uniform or execute must
+        serve them.
+        """
+        n = plan.gather.rows
+        if not (self.batching and self._plans.get((id(plan.layout), n)) is plan) or plan.width > max_result_bytes \
+                or payloads.shape != (n, plan.size) or out.shape != (n, plan.width) or plan.gather.run(payloads) != n:
+            return False
+        try:
+            timed_binding_run(self.session, self.stats, plan.binding)
+        except Exception:  # noqa: BLE001 - the caller's fallback runs the model again and reports any error
+            self._plans[(id(plan.layout), n)] = None
+            return False
+        plan.scatter.run(dst=out)
+        self.stats.requests += n
+        return True
+
+    def _run_plan(self, plan: _Plan, payloads: np.ndarray, max_result_bytes: int):
+        """execute_uniform through a plan: its result, None where the numpy path
+        would give None too, or _PLAN_FAILED: the bound run failed (outputs
+        whose shape differs from the bound arrays', say), nothing has changed
+        but the model's run counters, and the numpy path must serve the tick."""
+        n = plan.gather.rows
+        if plan.width > max_result_bytes or plan.gather.run(payloads) != n:
+            return None
+        try:
+            timed_binding_run(self.session, self.stats, plan.binding)
+        except Exception:  # noqa: BLE001 - the numpy path runs the model again and reports any error
+            return _PLAN_FAILED
+        out = np.empty((n, plan.width), np.uint8)
+        plan.scatter.run(dst=out)
+        return out
+
+    def _make_plan(self, lay: _Layout, payloads: np.ndarray, outputs: list[np.ndarray],
+                   expected: np.ndarray) -> _Plan | None:
+        """A native path for later ticks like this one, or None where none applies.
+
+        The inputs and outputs get arrays of their own, bound to the session
+        (IOBinding: no feeds to convert, no outputs to allocate per call);
+        the gather program checks each request's header bytes against the
+        layout's and copies its element data into the inputs, the scatter
+        program writes encode_tensor_matrix's bytes from the outputs.  The
+        plan serves later ticks only after it has reproduced this tick's
+        result bytes (`expected`) exactly, with one run of its own.
+        """
+        n, size = payloads.shape
+        layout = tensor_matrix_layout([o.reshape((n, -1) + o.shape[1:]) for o in outputs])
+        if (layout is None or any(code == 9 for code, _, _, _ in lay.records)  # bool inputs are normalised
+                or any(o.dtype != le for o, (_, _, _, _, le) in zip(outputs, layout[1]))
+                or sum(o.nbytes for o in outputs) > _SCRATCH_MAX_BYTES
+                or n * sum(nbytes for _, _, _, nbytes in lay.records) > _SCRATCH_MAX_BYTES):
+            return None
+        width, parts = layout
+        total = outputs[0].shape[0]
+        inputs = decode_tensor_arrays(n, lay.records)
+        outs = [aligned_empty(o.shape, o.dtype) for o in outputs]
+        binding = self.session.io_binding()
+        for t, a in zip(self.inputs, inputs):
+            flat = a.reshape((total,) + a.shape[2:])
+            binding.bind_input(t.name, "cpu", 0, flat.dtype.type, list(flat.shape), address(flat))
+        for name, o in zip(self.output_names, outs):
+            binding.bind_output(name, "cpu", 0, o.dtype.type, list(o.shape), address(o))
+        heads = [h for h in lay.headers if h] + [head for _, _, head, _, _ in parts if head]
+        gather = [(EQUAL, SRC_BASE, lo, size, address(head), 0, hi - lo)
+                  for (lo, hi), head in zip(lay.ranges, lay.headers) if head]
+        gather += [(COPY, SRC_BASE, off, size, address(a), nbytes, nbytes)
+                   for a, (_, _, off, nbytes) in zip(inputs, lay.records) if nbytes]
+        scatter = []
+        for o, (lo, hi, head, end, _) in zip(outs, parts):
+            if head:
+                scatter.append((FILL, DST_BASE, address(head), 0, lo, width, hi - lo))
+            if end > hi:
+                scatter.append((COPY, DST_BASE, address(o), end - hi, hi, width, end - hi))
+        plan = _Plan(lay, size, width, RowProgram(gather, inputs + heads, n), RowProgram(scatter, outs + heads, n), binding)
+        got = self._run_plan(plan, payloads, expected.shape[1])
+        if got is _PLAN_FAILED:
+            return None  # e.g. outputs whose shape depends on the data
+        if got is None or not np.array_equal(got, expected):
+            LOGGER.warning("model %r: the native uniform path did not reproduce a batch's results; not used",
+                           self.spec.id)
+            return None
+        return plan
 
     def _scratch_arrays(self, n: int, records: list[TensorRecord]) -> list[np.ndarray] | None:
         """Input arrays for n requests of `records`' layout, reused from tick to tick; None: decode into new ones.

@@ -87,15 +87,23 @@ class Pair:
         self.new = InferenceEngine(specs, provider="cpu", max_result_bytes=max_result_bytes)
         self.ref = InferenceEngine(specs, provider="cpu", max_result_bytes=max_result_bytes)
         install_reference(self.ref)
-        self.taken: list[bool] = []  # per execute_uniform call: did it serve the tick
-        real = self.new.execute_uniform
+        # Per execute_uniform or run_plan call (the uniform path, and its
+        # native shortcut for a tick like the last one): did it serve the tick.
+        self.taken: list[bool] = []
+        real, real_plan = self.new.execute_uniform, self.new.run_plan
 
         def spy(*args):
             out = real(*args)
             self.taken.append(out is not None)
             return out
 
-        self.new.execute_uniform = spy
+        def spy_plan(*args):
+            self.taken.append(real_plan(*args))
+            self.plan_ticks += self.taken[-1]
+            return self.taken[-1]
+
+        self.new.execute_uniform, self.new.run_plan = spy, spy_plan
+        self.plan_ticks = 0  # ticks served by run_plan
         self.ticks = 0
 
     def run(self, batch: RecordBatch, transport_limit: int = LIMIT) -> tuple[RecordBatch, bool]:
@@ -212,6 +220,25 @@ def test_uniform_ticks_equal_reference(pair, model, n, rows, width, seed):
         assert fast == (m.batching and (n == 1 or verified))
 
 
+def test_repeated_ticks_take_the_native_shortcut(specs):
+    """A tick like the last one (same model, count, length and headers) is
+    served by the plan that served it, through run_plan; any other tick is
+    not, and each gives the reference's bytes either way."""
+    p = Pair(specs)
+    rng = np.random.default_rng(11)
+    served = []
+    for n, model, rows, width in [(16, MLP, 1, 0)] * 4 + [(16, TWO, 1, 4)] * 3 + [(16, TWO, 1, 3), (8, TWO, 1, 4),
+                                                                                  (16, TWO, 1, 4), (16, TWO, 1, 4)]:
+        before = p.plan_ticks
+        _, fast = p.run(records([payload_for(rng, model, rows, width) for _ in range(n)], model))
+        served.append((fast, p.plan_ticks - before))
+    assert served == [(False, 0), (True, 0), (True, 1), (True, 1),  # verify, make the plan, then use it
+                      (False, 0), (True, 0), (True, 1),  # the same for another model
+                      (False, 0),  # another shape: verified anew
+                      (True, 0),  # another count: a plan of its own
+                      (True, 0), (True, 1)]  # back to 16: that plan is kept, and is the last tick's again
+
+
 def test_fast_path_serves_the_usual_tick(specs, monkeypatch):
     p = Pair(specs)
     rng = np.random.default_rng(3)
@@ -308,6 +335,14 @@ def test_fallback_triggers(specs, case):
             _, fast = p.run(records([payload_for(rng, model, 1, 0) for _ in range(16)], model))
         assert fast
     batch, model = _fallback_tick(case, rng)
+    # Two usual ticks of the fallback's model first: the second is served by
+    # the native shortcut for a tick like the last one (run_plan), so the
+    # fallback tick meets that shortcut's checks before any other.
+    for _ in range(2):
+        plan_ticks = p.plan_ticks
+        _, fast = p.run(records([payload_for(rng, model, 1, 0) for _ in range(16)], model))
+        assert fast
+    assert p.plan_ticks == plan_ticks + 1
     got, fast = p.run(batch)
     assert not fast
     if case not in ("differing length", "mixed model indices"):
@@ -373,22 +408,26 @@ def test_lm_ticks_take_the_general_path(specs):
     assert p.taken == [False]  # asked once per tick, and refused
 
 
-def test_a_failure_inside_the_fast_path_falls_back_and_is_logged(specs, monkeypatch, caplog):
+@pytest.mark.parametrize("broken", [("run_plan",), ("run_plan", "execute_uniform")])
+def test_a_failure_inside_the_fast_path_falls_back_and_is_logged(specs, monkeypatch, caplog, broken):
+    """A bug in the native shortcut falls back to the uniform path; one in both, to the general path."""
     p = Pair(specs)
     rng = np.random.default_rng(10)
-    for _ in range(2):
+    for _ in range(3):
         _, fast = p.run(records([payload_for(rng, MLP, 1, 0) for _ in range(16)]))
-    assert fast
+    assert fast and p.plan_ticks == 1
 
-    def broken(*args):
+    def bug(*args):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(p.new._models[MLP], "execute_uniform", broken)
+    for name in broken:
+        monkeypatch.setattr(p.new._models[MLP], name, bug)
     batch = records([payload_for(rng, MLP, 1, 0) for _ in range(16)])
     got = execute_batch(p.new, batch, LIMIT)
     assert got.headers.tobytes() == ref_execute_batch(p.ref, batch, LIMIT).headers.tobytes()
     assert got == ref_execute_batch(p.ref, batch, LIMIT) and (got.headers["flags"] == 0).all()
-    assert "uniform-batch path of model 'mlp'" in caplog.text
+    assert "native uniform path of model 'mlp'" in caplog.text
+    assert ("uniform-batch path of model 'mlp'" in caplog.text) == ("execute_uniform" in broken)
 
 
 def test_input_arrays_are_reused_only_for_the_same_layout_and_within_the_limit(specs, monkeypatch):
@@ -420,8 +459,9 @@ def test_empty_tick(specs):
 def _record_runs(engine, model: int) -> list:
     calls = []
     m = engine._models[model]
-    real = m.session.run
+    real, real_bound = m.session.run, m.session.run_with_iobinding
     m.session.run = lambda names, feeds: calls.append({k: v.shape for k, v in feeds.items()}) or real(names, feeds)
+    m.session.run_with_iobinding = lambda binding, *a: calls.append("bound") or real_bound(binding, *a)
     return calls
 
 
@@ -429,14 +469,22 @@ def test_verification_phase_is_unchanged(specs):
     p = Pair(specs)
     runs_new, runs_ref = _record_runs(p.new, MLP), _record_runs(p.ref, MLP)
     rng = np.random.default_rng(6)
-    fast = []
+    fast, fast_runs = [], []
     for _ in range(5):
         _, f = p.run(records([payload_for(rng, MLP, 2, 0) for _ in range(3)]))
         fast.append(f)
-        assert runs_new == runs_ref  # the same session.run calls, in the same order, on the same shapes
+        if f:
+            fast_runs.append((list(runs_new), list(runs_ref)))
+        else:
+            assert runs_new == runs_ref  # the same session.run calls, in the same order, on the same shapes
         runs_new.clear()
         runs_ref.clear()
     assert fast == [False, False, False, True, True]  # 3 + 3 + 3 requests verified batching
+    # Fast ticks: the first runs the batch as the reference does, then once more
+    # through the native plan it makes (which must reproduce it); later ones
+    # run only through the plan's bound arrays.
+    batch = {"x": (6, 16)}
+    assert fast_runs == [([batch, "bound"], [batch]), (["bound"], [batch])]
     assert p.new._models[MLP].batch_verified[((16,),)] == 9
 
 

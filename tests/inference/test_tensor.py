@@ -204,14 +204,20 @@ def test_run_stats_count_requests_runs_and_time(tensor_model_path, reshape_model
     calls = []
     real_run = model.session.run
     model.session.run = lambda names, feeds: calls.append(feeds["x"].shape[0]) or real_run(names, feeds)
+    real_bound = model.session.run_with_iobinding
+    model.session.run_with_iobinding = lambda binding, *a: calls.append("bound") or real_bound(binding, *a)
     reqs = _mlp_requests(5, seed=9)
     for _ in range(3):  # verification runs (5 single + 1 batched, twice), then one batched run
         engine.execute(reqs)
     x = encode_tensors([np.ones((1, 16), np.float32)])
-    engine.execute([Request(i, 0, x) for i in range(4)])  # one payload length: the uniform fast path
+    # One payload length: the uniform fast path, which makes its native plan
+    # (one more run, through the plan's bound arrays, to check it) and then uses it.
+    engine.execute([Request(i, 0, x) for i in range(4)])
+    engine.execute([Request(i, 0, x) for i in range(4)])
     engine.execute([Request(0, 7, x)])  # unknown model: counted for none
     mlp, idle, reshape = engine.stats
-    assert (mlp.requests, mlp.runs) == (19, len(calls)) and len(calls) == 6 + 6 + 1 + 1
+    assert calls[-3:] == [4, "bound", "bound"]
+    assert (mlp.requests, mlp.runs) == (23, len(calls)) and len(calls) == 6 + 6 + 1 + 3
     assert mlp.run_ns > 0
     assert (idle.requests, idle.runs, idle.run_ns) == (0, 0, 0)
     bad = engine.execute([Request(0, 2, encode_tensors([np.ones((1, 5), np.float32)]))])  # fails inside ORT
