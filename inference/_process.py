@@ -279,7 +279,7 @@ class _Server:
         elif kind == K_INF_EXECUTE:
             # Nothing modifies the requests, and the reply shares no memory with
             # them: no copy, even of views of the ring's buffer.
-            reqs = RecordBatch.concat(pending, copy=False)
+            reqs = pending[0] if len(pending) == 1 else RecordBatch.concat(pending, copy=False)
             pending.clear()
             reply(execute_batch(self.engine, reqs, self.max_result, done_tick=tick))
         elif kind == K_INF_SHUTDOWN:

@@ -89,22 +89,22 @@ class RowProgram:
         self._src_bytes, self._dst_bytes = src_need, dst_need
 
     def run(self, src: np.ndarray | None = None, dst: np.ndarray | None = None) -> int:
-        """Run over the rows with these base buffers (contiguous); returns the
-        first row where an EQUAL op fails, or `rows` when none does."""
-        return lib.we_rows_run(self._ptr, self._n_ops, _base(src, self._src_bytes, False),
-                               _base(dst, self._dst_bytes, True), self.rows)
+        """Run over the rows with these base buffers (contiguous; dst writable);
+        returns the first row where an EQUAL op fails, or `rows` when none does."""
+        # Kept to a few lines: this runs on every tick of the inference process,
+        # right after the model, where each line of Python costs several times
+        # its usual time.  from_buffer refuses a buffer that is not contiguous
+        # (or, for dst, not writable).
+        s = _EMPTY if src is None else ffi.from_buffer("uint8_t[]", src)
+        d = _EMPTY if dst is None else ffi.from_buffer("uint8_t[]", dst, require_writable=True)
+        if len(s) < self._src_bytes or len(d) < self._dst_bytes:
+            raise ValueError(f"row program base buffers: need {self._src_bytes} and {self._dst_bytes} bytes, "
+                             f"got {len(s)} and {len(d)}")
+        return lib.we_rows_run(self._ptr, self._n_ops, s, d, self.rows)
+
+
+_EMPTY = ffi.new("uint8_t[]", 0)  # the base buffer of a program that needs none
 
 
 def _nbytes(k) -> int:
     return k.nbytes if isinstance(k, np.ndarray) else len(k)
-
-
-def _base(a: np.ndarray | None, need: int, writable: bool):
-    if a is None:
-        if need:
-            raise ValueError("this row program needs a base buffer")
-        return ffi.NULL
-    if a.nbytes < need:
-        raise ValueError(f"row program base buffer: need {need} bytes, got {a.nbytes}")
-    # from_buffer refuses a buffer that is not contiguous (or not writable, if asked).
-    return ffi.from_buffer("uint8_t[]", a, require_writable=writable)

@@ -71,9 +71,9 @@ def test_absolute_addresses_must_lie_in_kept_buffers():
 def test_base_buffers_are_checked_per_run():
     out = np.zeros(40, np.uint8)
     prog = RowProgram([(COPY, SRC_BASE, 4, 10, address(out), 8, 8)], [out], 5)  # needs 4 + 4*10 + 8 = 52 bytes
-    with pytest.raises(ValueError, match="need 52 bytes"):
+    with pytest.raises(ValueError, match="need 52 and 0 bytes, got 51 and 0"):
         prog.run(np.zeros(51, np.uint8))
-    with pytest.raises(ValueError, match="needs a base buffer"):
+    with pytest.raises(ValueError, match="need 52 and 0 bytes, got 0 and 0"):
         prog.run()
     with pytest.raises(ValueError, match="contiguous"):
         prog.run(np.zeros((52, 2), np.uint8)[:, 0])
