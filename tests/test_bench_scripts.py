@@ -92,6 +92,17 @@ def test_probe_after_run_json_shape():
     assert bad.returncode == 2 and "--calls" in bad.stderr
 
 
+def test_probe_native_plan_json_shape():
+    out = _run("probe_native_plan.py", "--json", "--ticks", "8", "--block", "2", "--windows", "2", "--batch", "3",
+               "--tensor-dims", "8,4", timeout_s=120)
+    r = json.loads(out[-1])
+    assert r["identical"] is True and r["batch"] == 3 and r["ticks_per_path"] == 8 and len(r["windows"]) == 2
+    assert all(w["plan_cpu_us"] > w["plan_run_us"] > 0 and w["numpy_cpu_us"] > w["numpy_run_us"] > 0
+               for w in r["windows"])
+    bad = _refused("probe_native_plan.py", "--ticks", "3", "--block", "2", "--windows", "2")
+    assert bad.returncode == 2 and "--ticks" in bad.stderr
+
+
 def test_probe_model_speed_with_engine_load_alternates_and_cleans_up():
     from wasm_engine.shm_protocol import list_segments
 
