@@ -449,10 +449,7 @@ class TensorModel:
                 if out is not _PLAN_FAILED:
                     self.last_plan = plan if out is not None else None
                     return out
-                LOGGER.warning("model %r: a batch of %d requests failed through bound output arrays (outputs "
-                               "whose shape depends on the data?); such batches now take the numpy path",
-                               self.spec.id, n)
-                plan = self._plans[plan_key] = None  # the numpy path serves this tick and later ones
+                plan = self._drop_plan(plan)  # the numpy path serves this tick and later ones
             else:
                 plan = False  # a plan of an evicted layout whose id was reused
         # Compared as bytes objects: a copy and a memcmp cost less than numpy's
@@ -499,11 +496,18 @@ class TensorModel:
         try:
             timed_binding_run(self.session, self.stats, plan.binding)
         except Exception:  # noqa: BLE001 - the caller's fallback runs the model again and reports any error
-            self._plans[(id(plan.layout), n)] = None
+            self._drop_plan(plan)
             return False
         plan.scatter.run(dst=out)
         self.stats.requests += n
         return True
+
+    def _drop_plan(self, plan: _Plan) -> None:
+        """After a failed bound run: batches of this layout and count take the numpy path from now on."""
+        n = plan.gather.rows
+        LOGGER.warning("model %r: a batch of %d requests failed through bound output arrays (outputs whose "
+                       "shape depends on the data?); such batches now take the numpy path", self.spec.id, n)
+        self._plans[(id(plan.layout), n)] = None
 
     def _run_plan(self, plan: _Plan, payloads: np.ndarray, max_result_bytes: int):
         """execute_uniform through a plan: its result, None where the numpy path
@@ -544,12 +548,6 @@ class TensorModel:
         total = outputs[0].shape[0]
         inputs = decode_tensor_arrays(n, lay.records)
         outs = [aligned_empty(o.shape, o.dtype) for o in outputs]
-        binding = self.session.io_binding()
-        for t, a in zip(self.inputs, inputs):
-            flat = a.reshape((total,) + a.shape[2:])
-            binding.bind_input(t.name, "cpu", 0, flat.dtype.type, list(flat.shape), address(flat))
-        for name, o in zip(self.output_names, outs):
-            binding.bind_output(name, "cpu", 0, o.dtype.type, list(o.shape), address(o))
         heads = [h for h in lay.headers if h] + [head for _, _, head, _, _ in parts if head]
         gather = [(EQUAL, SRC_BASE, lo, size, address(head), 0, hi - lo)
                   for (lo, hi), head in zip(lay.ranges, lay.headers) if head]
@@ -561,7 +559,18 @@ class TensorModel:
                 scatter.append((FILL, DST_BASE, address(head), 0, lo, width, hi - lo))
             if end > hi:
                 scatter.append((COPY, DST_BASE, address(o), end - hi, hi, width, end - hi))
-        plan = _Plan(lay, size, width, RowProgram(gather, inputs + heads, n), RowProgram(scatter, outs + heads, n), binding)
+        try:
+            binding = self.session.io_binding()
+            for t, a in zip(self.inputs, inputs):
+                flat = a.reshape((total,) + a.shape[2:])
+                binding.bind_input(t.name, "cpu", 0, flat.dtype.type, list(flat.shape), address(flat))
+            for name, o in zip(self.output_names, outs):
+                binding.bind_output(name, "cpu", 0, o.dtype.type, list(o.shape), address(o))
+            plan = _Plan(lay, size, width, RowProgram(gather, inputs + heads, n), RowProgram(scatter, outs + heads, n),
+                         binding)
+        except Exception as e:  # noqa: BLE001 - e.g. a binding ONNX Runtime refuses; the numpy path stays
+            LOGGER.info("model %r: no native plan for batches of %d (%s)", self.spec.id, n, e)
+            return None
         got = self._run_plan(plan, payloads, expected.shape[1])
         if got is _PLAN_FAILED:
             return None  # e.g. outputs whose shape depends on the data

@@ -387,7 +387,7 @@ def test_single_requests_whose_run_fails_or_leaves_the_batch_dimension(specs):
         assert got.headers["flags"][0] == (Status.MODEL_ERROR if model in (RESHAPE, GATHER) else Status.OK)
 
 
-def test_outputs_that_leave_the_batch_dimension_turn_batching_off(specs):
+def test_outputs_that_leave_the_batch_dimension_turn_batching_off(specs, caplog):
     p = Pair(specs)
     rng = np.random.default_rng(6)
     fast = []
@@ -397,6 +397,9 @@ def test_outputs_that_leave_the_batch_dimension_turn_batching_off(specs):
         fast.append(p.run(records(payloads, SLICE))[1])
     assert fast == [False, True, False, False, False]
     assert not p.new._models[SLICE].batching
+    # The third tick first met the second's native plan, whose bound output
+    # arrays no longer fit: dropped, and said so, before the numpy path ran.
+    assert caplog.text.count("failed through bound output arrays") == 1
 
 
 def test_lm_ticks_take_the_general_path(specs):
