@@ -460,7 +460,7 @@ class CausalLM:
             feeds["use_cache_branch"] = np.array([past_len > 0], dtype=np.bool_)
         for slot, arr in zip(lay.past, past):
             feeds[slot.input_name] = arr
-        outs = timed_run(self.session, self.stats, self.output_names, feeds)
+        outs = timed_run(self.stats, self.session.run, self.output_names, feeds)
         return outs[0], outs[1:]
 
     def _mask_and_positions(self, batch: int, past_len: int, seq: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -122,21 +122,12 @@ class RunStats:
         self.requests = self.runs = self.run_ns = 0
 
 
-def timed_run(session: ort.InferenceSession, stats: RunStats, output_names: list[str], feeds: dict) -> list:
-    """``session.run(output_names, feeds)``, counted in ``stats`` (a call that raises included)."""
+def timed_run(stats: RunStats, run, *args):
+    """``run(*args)`` — a session's ``run`` or ``run_with_iobinding`` — counted in
+    ``stats`` as one model run (a call that raises included)."""
     t0 = time.perf_counter_ns()
     try:
-        return session.run(output_names, feeds)
-    finally:
-        stats.runs += 1
-        stats.run_ns += time.perf_counter_ns() - t0
-
-
-def timed_binding_run(session: ort.InferenceSession, stats: RunStats, binding) -> None:
-    """``session.run_with_iobinding(binding)``, counted in ``stats`` like timed_run."""
-    t0 = time.perf_counter_ns()
-    try:
-        session.run_with_iobinding(binding)
+        return run(*args)
     finally:
         stats.runs += 1
         stats.run_ns += time.perf_counter_ns() - t0

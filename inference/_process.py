@@ -110,7 +110,7 @@ def execute_batch(engine, requests: RecordBatch, max_result_bytes: int, *,
     n = len(h)
     with_done = done_tick is not None
     last = _last_tick
-    if last is not None and last.n == n and last.engine() is engine and requests.payload.size == n * last.size:
+    if last is not None and last.program.rows == n and last.engine() is engine and requests.payload.size == n * last.size:
         # The previous tick's shape again: its reply program checks every
         # request's model and length while it writes the result headers, and
         # the engine serves the requests through the previous tick's plan, if
@@ -166,8 +166,7 @@ class _Tick:
     engine: weakref.ref
     model: int
     plan: object
-    program: RowProgram
-    n: int
+    program: RowProgram  # its rows: the tick's request count
     size: int
     width: int
     stats_bytes: int
@@ -179,8 +178,8 @@ _last_tick: _Tick | None = None
 def _remember_tick(engine, model: int, program: RowProgram, size: int, width: int) -> None:
     global _last_tick
     plan = engine.uniform_plan(model)
-    _last_tick = None if plan is None else _Tick(weakref.ref(engine), model, plan, program, program.rows, size,
-                                                 width, _stats_bytes(engine))
+    _last_tick = None if plan is None else _Tick(weakref.ref(engine), model, plan, program, size, width,
+                                                 _stats_bytes(engine))
 
 
 def done_record(engine, tick: int) -> RecordBatch:

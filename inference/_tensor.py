@@ -43,7 +43,7 @@ from itertools import repeat
 import numpy as np
 
 from ._errors import ModelLoadError
-from ._models import ModelSpec, OpenedModel, RunStats, TensorInfo, ort_message, timed_binding_run, timed_run
+from ._models import ModelSpec, OpenedModel, RunStats, TensorInfo, ort_message, timed_run
 from ._payloads import (
     ALIGNMENT,
     DTYPE_CODES,
@@ -94,7 +94,7 @@ _SCRATCH_MAX_BYTES = 1 << 20
 # Uniform-tick plans (see TensorModel._make_plan) kept per model, at most;
 # their input and output arrays are at most _SCRATCH_MAX_BYTES each.
 _PLANS_MAX = 8
-# _run_plan's answer when its bound run failed.  Not a request's error: the
+# _plan_into's answer when its bound run failed.  Not a request's error: the
 # numpy path runs the model again and reports any.  (ONNX Runtime logs the
 # failure; a quieter RunOptions would cost ~140 us per run, so none is used.)
 _PLAN_FAILED = object()
@@ -338,7 +338,7 @@ class TensorModel:
 
     def _run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         feeds = {t.name: a for t, a in zip(self.inputs, arrays)}
-        return timed_run(self.session, self.stats, self.output_names, feeds)
+        return timed_run(self.stats, self.session.run, self.output_names, feeds)
 
     def _encode(self, outputs: list[np.ndarray], max_result_bytes: int) -> Outcome:
         payload = encode_tensors(outputs)
@@ -445,11 +445,13 @@ class TensorModel:
         plan = self._plans.get(plan_key, False) if self._plans_ok else None
         if plan:
             if plan.layout is lay:
-                out = self._run_plan(plan, payloads, max_result_bytes)
-                if out is not _PLAN_FAILED:
-                    self.last_plan = plan if out is not None else None
-                    return out
-                plan = self._drop_plan(plan)  # the numpy path serves this tick and later ones
+                out = np.empty((n, plan.width), np.uint8)
+                served = self._plan_into(plan, payloads, out, max_result_bytes)
+                if served is not _PLAN_FAILED:
+                    self.last_plan = plan if served else None
+                    return out if served else None
+                self._drop_plan(plan)
+                plan = None  # the numpy path serves this tick and later ones
             else:
                 plan = False  # a plan of an evicted layout whose id was reused
         # Compared as bytes objects: a copy and a memcmp cost less than numpy's
@@ -490,17 +492,16 @@ class TensorModel:
         serve them.
         """
         n = plan.gather.rows
-        if not (self.batching and self._plans.get((id(plan.layout), n)) is plan) or plan.width > max_result_bytes \
-                or payloads.shape != (n, plan.size) or out.shape != (n, plan.width) or plan.gather.run(payloads) != n:
+        if not (self.batching and self._plans.get((id(plan.layout), n)) is plan) \
+                or payloads.shape != (n, plan.size) or out.shape != (n, plan.width):
             return False
-        try:
-            timed_binding_run(self.session, self.stats, plan.binding)
-        except Exception:  # noqa: BLE001 - the caller's fallback runs the model again and reports any error
-            self._drop_plan(plan)
+        served = self._plan_into(plan, payloads, out, max_result_bytes)
+        if served is _PLAN_FAILED:
+            self._drop_plan(plan)  # the caller's fallback runs the model again and reports any error
             return False
-        plan.scatter.run(dst=out)
-        self.stats.requests += n
-        return True
+        if served:
+            self.stats.requests += n
+        return served
 
     def _drop_plan(self, plan: _Plan) -> None:
         """After a failed bound run: batches of this layout and count take the numpy path from now on."""
@@ -509,21 +510,22 @@ class TensorModel:
                        "shape depends on the data?); such batches now take the numpy path", self.spec.id, n)
         self._plans[(id(plan.layout), n)] = None
 
-    def _run_plan(self, plan: _Plan, payloads: np.ndarray, max_result_bytes: int):
-        """execute_uniform through a plan: its result, None where the numpy path
-        would give None too, or _PLAN_FAILED: the bound run failed (outputs
-        whose shape differs from the bound arrays', say), nothing has changed
-        but the model's run counters, and the numpy path must serve the tick."""
-        n = plan.gather.rows
-        if plan.width > max_result_bytes or plan.gather.run(payloads) != n:
-            return None
+    def _plan_into(self, plan: _Plan, payloads: np.ndarray, out: np.ndarray, max_result_bytes: int):
+        """Serve n requests through a plan into ``out`` ((n, plan.width) uint8): True;
+        False where the numpy path would not serve them either (a request's
+        header bytes differ from the layout's, or the result is over
+        max_result_bytes), with nothing changed; or _PLAN_FAILED: the bound
+        run failed (outputs whose shape differs from the bound arrays', say),
+        nothing has changed but the model's run counters, and the numpy path
+        must serve the tick."""
+        if plan.width > max_result_bytes or plan.gather.run(payloads) != plan.gather.rows:
+            return False
         try:
-            timed_binding_run(self.session, self.stats, plan.binding)
+            timed_run(self.stats, self.session.run_with_iobinding, plan.binding)
         except Exception:  # noqa: BLE001 - the numpy path runs the model again and reports any error
             return _PLAN_FAILED
-        out = np.empty((n, plan.width), np.uint8)
         plan.scatter.run(dst=out)
-        return out
+        return True
 
     def _make_plan(self, lay: _Layout, payloads: np.ndarray, outputs: list[np.ndarray],
                    expected: np.ndarray) -> _Plan | None:
@@ -571,10 +573,11 @@ class TensorModel:
         except Exception as e:  # noqa: BLE001 - e.g. a binding ONNX Runtime refuses; the numpy path stays
             LOGGER.info("model %r: no native plan for batches of %d (%s)", self.spec.id, n, e)
             return None
-        got = self._run_plan(plan, payloads, expected.shape[1])
-        if got is _PLAN_FAILED:
+        got = np.empty_like(expected)
+        served = self._plan_into(plan, payloads, got, expected.shape[1])
+        if served is _PLAN_FAILED:
             return None  # e.g. outputs whose shape depends on the data
-        if got is None or not np.array_equal(got, expected):
+        if not served or not np.array_equal(got, expected):
             LOGGER.warning("model %r: the native uniform path did not reproduce a batch's results; not used",
                            self.spec.id)
             return None

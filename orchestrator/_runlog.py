@@ -43,9 +43,14 @@ def _headers_unchecked(batch: RecordBatch) -> np.ndarray:
 
 
 def hash_records(h, batch: RecordBatch) -> None:
-    """Fold records into a hash: headers with the transport's check field zeroed, then payloads."""
-    if not len(batch):
-        return
+    """Fold records into a hash, nothing for none: their count, headers with the
+    transport's check field zeroed, then payloads (encode_records' bytes)."""
+    if len(batch):
+        _fold_records(h, batch)
+
+
+def _fold_records(h, batch: RecordBatch) -> None:
+    """h.update(encode_records(batch)), piece by piece (no joined copy)."""
     h.update(len(batch).to_bytes(8, "little"))
     h.update(_headers_unchecked(batch))
     h.update(batch.payload)
@@ -80,9 +85,7 @@ def tick_sections(records: RecordBatch, fuel: np.ndarray, status: np.ndarray, in
         rd.update(rec)
     else:
         rec = None
-        rd.update(len(records).to_bytes(8, "little"))
-        rd.update(_headers_unchecked(records))
-        rd.update(records.payload)
+        _fold_records(rd, records)
     sd = _h(b"we-state")
     sd.update(fuel_b)
     sd.update(status_b)

@@ -108,7 +108,7 @@ def test_step_inputs_are_kept_per_shape_and_bounded(lm_engine, monkeypatch):
     model._step_inputs.clear()
     fed = []
     real = _llm.timed_run
-    monkeypatch.setattr(_llm, "timed_run", lambda s, st, names, feeds: fed.append(dict(feeds)) or real(s, st, names, feeds))
+    monkeypatch.setattr(_llm, "timed_run", lambda st, run, names, feeds: fed.append(dict(feeds)) or real(st, run, names, feeds))
     ids = np.array([[5, 6, 7], [8, 9, 10]])
     _, past = model.forward(ids)
     model.forward(np.array([[1], [2]]), past, 3)
