@@ -159,9 +159,55 @@ void *we_host_agent_count(void *env, void *caller, void *slots, size_t n_slots) 
     return NULL;
 }
 
-/* out[0] version; out[1..10] sizeof(we_agent_state) then the offsets of
- * base, mem_lo, id, seq, in_lo, in_hi, sends, quota, infers, infer_quota;
- * out[11] sizeof(we_host_ctx). */
+uint32_t we_host_step_agents(we_host_ctx *ctx, const we_wasmtime_fns *fns, const we_step_row *rows, uint32_t from,
+                             uint32_t n, int64_t tick, uint64_t *fuel_used, we_step_stop *stop) {
+    uint8_t slots[16]; /* we_step's one value slot: the tick in, the i32 result out */
+    memset(stop, 0, sizeof *stop);
+    for (uint32_t i = from; i < n; i++) {
+        const we_step_row *r = &rows[i];
+        ctx->cur = r->st;
+        void *err = fns->set_fuel(r->wctx, r->fuel);
+        if (err) {
+            stop->why = WE_STEP_SET_FUEL_ERROR;
+            stop->error = err;
+            return i;
+        }
+        stop->mark = ctx->out_n;
+        memset(slots, 0, sizeof slots);
+        memcpy(slots, &tick, 8);
+        void *trap = NULL;
+        err = fns->call_unchecked(r->wctx, r->func, slots, 1, &trap);
+        if (err || trap) {
+            stop->why = WE_STEP_FAILED;
+            stop->error = err;
+            stop->trap = trap;
+            return i;
+        }
+        int32_t rc = get_i32(slots, 0);
+        uint64_t left = 0;
+        err = fns->get_fuel(r->wctx, &left);
+        if (err) {
+            stop->why = WE_STEP_GET_FUEL_ERROR;
+            stop->error = err;
+            stop->rc = rc;
+            return i;
+        }
+        uint64_t used = r->fuel - left;
+        fuel_used[i] = used;
+        r->st->fuel_total += used;
+        if (rc != 0) {
+            stop->why = WE_STEP_HALTED;
+            stop->rc = rc;
+            return i;
+        }
+    }
+    return n;
+}
+
+/* out[0] version; out[1..12] sizeof(we_agent_state) then the offsets of
+ * base, mem_lo, id, seq, in_lo, in_hi, sends, quota, infers, infer_quota,
+ * fuel_total; out[13] sizeof(we_host_ctx); out[14..18] sizeof(we_step_row)
+ * then the offsets of wctx, func, st, fuel; out[19] sizeof(we_step_stop). */
 void we_host_layout(uint64_t out[32]) {
     memset(out, 0, 32 * sizeof out[0]);
     out[0] = WE_HOST_LAYOUT_VERSION;
@@ -176,5 +222,12 @@ void we_host_layout(uint64_t out[32]) {
     out[9] = offsetof(we_agent_state, quota);
     out[10] = offsetof(we_agent_state, infers);
     out[11] = offsetof(we_agent_state, infer_quota);
-    out[12] = sizeof(we_host_ctx);
+    out[12] = offsetof(we_agent_state, fuel_total);
+    out[13] = sizeof(we_host_ctx);
+    out[14] = sizeof(we_step_row);
+    out[15] = offsetof(we_step_row, wctx);
+    out[16] = offsetof(we_step_row, func);
+    out[17] = offsetof(we_step_row, st);
+    out[18] = offsetof(we_step_row, fuel);
+    out[19] = sizeof(we_step_stop);
 }

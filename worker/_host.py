@@ -158,24 +158,38 @@ def _classify(exc: BaseException) -> tuple[TrapCode, str]:
 #: One agent's bookkeeping that the native host functions read and write:
 #: native/we_host.h's we_agent_state, layout version AGENT_STATE_VERSION
 #: (docs/RUNTIME.md "Native host functions"), checked at import.
-AGENT_STATE_VERSION = 1
+AGENT_STATE_VERSION = 2
 AGENT_STATE_DTYPE = np.dtype([("base", "<u8"), ("mem_lo", "<u8"), ("id", "<u4"), ("seq", "<u4"),
                               ("in_lo", "<u4"), ("in_hi", "<u4"), ("sends", "<u4"), ("quota", "<u4"),
-                              ("infers", "<u4"), ("infer_quota", "<u4")])
+                              ("infers", "<u4"), ("infer_quota", "<u4"), ("fuel_total", "<u8"),
+                              ("reserved", "<u8")])
+#: One agent's we_step call for the per-agent loop in C (we_step_row), and the
+#: stop report of that loop (we_step_stop): sizes checked at import.
+STEP_ROW_DTYPE = np.dtype([("wctx", "<u8"), ("func", "<u8"), ("st", "<u8"), ("fuel", "<u8")])
+_STEP_STOP_BYTES = 32
 #: Imports served by a native host function (with the Python one of the same
 #: name as its fallback); the others are Python callbacks.
 NATIVE_IMPORTS = ("recv", "send", "infer", "inbox_count", "tick", "agent_count")
 _FALLBACKS = ("recv", "send", "infer", "inbox_count")
+#: Imports whose Python versions keep per-step state on the _Agent (log count,
+#: random stream, the pending publish), which the Python loop resets and
+#: flushes around every step. A stage whose modules import none of them runs
+#: its agents in the per-agent loop in C (we_host_step_agents).
+_STEP_STATE_IMPORTS = frozenset(("log", "rand_u64", "publish"))
 
 
 def _check_host_layout() -> None:
     got = _nffi.new("uint64_t[32]")
     _nlib.we_host_layout(got)
-    names = ("base", "mem_lo", "id", "seq", "in_lo", "in_hi", "sends", "quota", "infers", "infer_quota")
+    names = ("base", "mem_lo", "id", "seq", "in_lo", "in_hi", "sends", "quota", "infers", "infer_quota",
+             "fuel_total")
     want = [AGENT_STATE_VERSION, AGENT_STATE_DTYPE.itemsize] + [AGENT_STATE_DTYPE.fields[n][1] for n in names]
-    if list(got[0:len(want)]) != want or AGENT_STATE_DTYPE.names != names:
-        raise ImportError(f"worker's AGENT_STATE_DTYPE does not match native/we_host.h: "
-                          f"{list(got[0:len(want)])} != {want}")
+    want_step = [STEP_ROW_DTYPE.itemsize] + [STEP_ROW_DTYPE.fields[n][1] for n in STEP_ROW_DTYPE.names]
+    want_step.append(_STEP_STOP_BYTES)
+    if (list(got[0:len(want)]) != want or AGENT_STATE_DTYPE.names != names + ("reserved",)
+            or list(got[14:20]) != want_step):
+        raise ImportError(f"worker's AGENT_STATE_DTYPE or STEP_ROW_DTYPE does not match native/we_host.h: "
+                          f"{list(got[0:20])} != {want} + [sizeof(we_host_ctx)] + {want_step}")
 
 
 _check_host_layout()
@@ -189,10 +203,10 @@ def _state_field(name: str) -> property:
 class _Agent:
     __slots__ = (
         "id", "kind", "store", "memory", "base", "step", "status", "fuel", "logs",
-        "rng_key", "rng_n", "pub", "fuel_total", "globals",
+        "rng_key", "rng_n", "pub", "globals",
         # this agent's row of GroupHost._state (a cffi we_agent_state *): seq, in_lo, in_hi,
         # sends, quota, infers, infer_quota and mem_lo live there (properties below); the
-        # row's id is set once, as the id here
+        # row's id is set once, as the id here; fuel_total too lives there
         "st",
         # fast path only: addresses for the C prototypes below, a byte view of all the linear memory
         # can ever hold, and values prepared once
@@ -207,6 +221,7 @@ class _Agent:
     quota = _state_field("quota")
     infers = _state_field("infers")
     infer_quota = _state_field("infer_quota")
+    fuel_total = _state_field("fuel_total")
 
 
 _SEQ_OVERFLOW = "agent exceeded 2^32-1 outputs in one run"
@@ -242,6 +257,23 @@ _C_GET_FUEL = _c_fn("wasmtime_context_get_fuel", c_void_p, c_void_p, c_void_p)
 _C_MEMORY_DATA_SIZE = _c_fn("wasmtime_memory_data_size", c_size_t, c_void_p, c_void_p)
 _C_MEMORY_DATA = _c_fn("wasmtime_memory_data", c_void_p, c_void_p, c_void_p)
 _C_TRAP_NEW = _c_fn("wasmtime_trap_new", c_void_p, ctypes.c_char_p, c_size_t)
+
+
+def _wasmtime_fns():
+    """The entry points of the per-agent loop in C (we_wasmtime_fns), taken
+    from the libwasmtime wasmtime-py loaded: the same functions the
+    prototypes above call."""
+    fns = _nffi.new("we_wasmtime_fns *")
+    types = dict(_nffi.typeof("we_wasmtime_fns").fields)
+    for field_name, c_name in (("set_fuel", "wasmtime_context_set_fuel"),
+                               ("call_unchecked", "wasmtime_func_call_unchecked"),
+                               ("get_fuel", "wasmtime_context_get_fuel")):
+        addr = cast(getattr(wt_ffi.dll, c_name), c_void_p).value
+        setattr(fns, field_name, _nffi.cast(types[field_name].type, addr))
+    return fns
+
+
+_WASMTIME_FNS = _wasmtime_fns()
 #: The same C signature as wasmtime_func_unchecked_callback_t (every argument a
 #: pointer or size_t, the result a wasm_trap_t*), typed so that ctypes builds
 #: no pointer objects per call: the raw value slots come as int32 words (slot k
@@ -291,11 +323,24 @@ def make_engine(kinds) -> wasmtime.Engine:
 class GroupHost:
     """Hosts the agents listed in a GroupSpec. Not thread-safe (one per process)."""
 
-    def __init__(self, spec: GroupSpec, module_bytes: dict[str, bytes] | None = None) -> None:
+    def __init__(self, spec: GroupSpec, module_bytes: dict[str, bytes] | None = None, *,
+                 native_loop: bool = True) -> None:
+        """``native_loop``: on the fast path, step a stage's agents in the
+        per-agent loop in C where the stage allows it (see _STEP_STATE_IMPORTS);
+        False keeps the Python loop everywhere (the tests cross-check the two)."""
         self.spec = spec
         if spec.host not in ("fast", "reference"):
             raise ValueError(f"unknown host path {spec.host!r}")
         self.fast = spec.host == "fast"
+        self.native_loop = native_loop and self.fast
+        # Kinds (by name) whose module imports a host function that keeps
+        # per-step state in Python: their stages use the Python loop.
+        self._step_state_kinds: set[str] = set()
+        # Bumped whenever an agent stops running: the C loop's per-stage rows
+        # (_loop_rows) are rebuilt when it moved.
+        self._status_epoch = 0
+        self._loop_rows: dict[int, tuple] = {}
+        self._stop = _nffi.new("we_step_stop *")
         self._pending: BaseException | None = None
         # Fast path, allocated once: the one raw value slot of we_step (a
         # wasmtime_val_raw_t is 16 bytes: the tick goes in as i64, the result
@@ -356,6 +401,9 @@ class GroupHost:
         row_of = {a.id: i for i, a in enumerate(self.agents)}
         self._stage_rows = {s: np.array([row_of[a.id] for a in lst], np.intp)
                             for s, lst in self._kind_of_stage.items()}
+        # Stages the per-agent loop in C may run.
+        self._native_stages = {s for s, lst in self._kind_of_stage.items()
+                               if self.native_loop and not any(a.kind.name in self._step_state_kinds for a in lst)}
 
     # -- loading ---------------------------------------------------------------
     def _load_kind(self, kind: KindSpec, module_bytes):
@@ -373,6 +421,8 @@ class GroupHost:
         except wasmtime.WasmtimeError as e:
             raise AgentLoadError(f"{kind.module_path}: not a valid WebAssembly module: {str(e).splitlines()[0]}") from None
         check_module(module, kind.module_path, kind.name, frozenset(kind.capabilities))
+        if any(imp.module == "we" and imp.name in _STEP_STATE_IMPORTS for imp in module.imports):
+            self._step_state_kinds.add(kind.name)
         linker = wasmtime.Linker(self.engine)
         granted = set(kind.capabilities)
         for name, (params, results, cap) in IMPORTS.items():
@@ -551,7 +601,7 @@ class GroupHost:
 
         def recv(env, caller, args, nargs):
             try:
-                a = host.cur
+                a = host.cur or host._native_cur()
                 i = a.in_lo
                 if i >= a.in_hi:
                     args[0] = -1
@@ -577,7 +627,7 @@ class GroupHost:
 
         def inbox_count(env, caller, args, nargs):
             try:
-                a = host.cur
+                a = host.cur or host._native_cur()
                 args[0] = a.in_hi - a.in_lo
                 return None
             except BaseException as e:  # noqa: BLE001
@@ -585,7 +635,7 @@ class GroupHost:
 
         def send(env, caller, args, nargs):
             try:
-                a = host.cur
+                a = host.cur or host._native_cur()
                 ptr, n = args[4] & mask, args[8]
                 if n < 0 or ptr + n > a.mem_lo:
                     grown(a, ptr, n, "send")
@@ -612,7 +662,7 @@ class GroupHost:
 
         def rand_u64(env, caller, args, nargs):
             try:
-                a = host.cur
+                a = host.cur or host._native_cur()
                 if a.rng_key is None:
                     a.rng_key = tick_key(a.rng_agent, host.tick)
                 v = nth(a.rng_key, a.rng_n)
@@ -634,7 +684,7 @@ class GroupHost:
 
         def log(env, caller, args, nargs):
             try:
-                a = host.cur
+                a = host.cur or host._native_cur()
                 ptr, n = args[0] & mask, args[4]
                 if n < 0 or ptr + n > a.mem_lo:
                     grown(a, ptr, n, "log")
@@ -654,7 +704,7 @@ class GroupHost:
 
         def publish(env, caller, args, nargs):
             try:
-                a = host.cur
+                a = host.cur or host._native_cur()
                 ptr, n = args[0] & mask, args[4]
                 if n < 0 or ptr + n > a.mem_lo:
                     grown(a, ptr, n, "publish")
@@ -669,7 +719,7 @@ class GroupHost:
 
         def infer(env, caller, args, nargs):
             try:
-                a = host.cur
+                a = host.cur or host._native_cur()
                 model, ptr, n = args[0], args[4] & mask, args[8]
                 if n < 0 or ptr + n > a.mem_lo:
                     grown(a, ptr, n, "infer")
@@ -694,7 +744,7 @@ class GroupHost:
 
         def config_read(env, caller, args, nargs):
             try:
-                a = host.cur
+                a = host.cur or host._native_cur()
                 ptr, cap = args[0] & mask, args[4]
                 cfg = a.config
                 if cap < 0 or ptr + cap > a.mem_lo:
@@ -789,7 +839,7 @@ class GroupHost:
                 self._rollback(a, mark)
                 self._emit(K_TRAP, a, 0, int(TrapCode.INIT_FAILED).to_bytes(4, "little")
                            + f"we_init returned {rc}".encode())
-                a.status = AgentStatus.QUARANTINED
+                self._set_status(a, AgentStatus.QUARANTINED)
         a.fuel_total += a.fuel - self._fuel_left(a)
         self.cur = None
         self._hctx.cur = _nffi.NULL
@@ -825,9 +875,13 @@ class GroupHost:
         a.seq -= removed
         a.pub = None
 
+    def _set_status(self, a: _Agent, status: AgentStatus) -> None:
+        a.status = status
+        self._status_epoch += 1
+
     def _fault(self, a: _Agent, mark: int, code: TrapCode, detail: str) -> None:
         self._rollback(a, mark)
-        a.status = AgentStatus.QUARANTINED
+        self._set_status(a, AgentStatus.QUARANTINED)
         self._emit(K_TRAP, a, 0, int(code).to_bytes(4, "little") + detail.encode("utf-8", "replace"))
 
     def _take_outputs(self, tick: int, stage: int, fuel_ids: list[int], fuel_used: list[int]) -> RecordBatch:
@@ -901,7 +955,15 @@ class GroupHost:
         lo, hi = bounds[:len(agents)], bounds[len(agents):]
         fuel_ids: list[int] = []
         fuel_used: list[int] = []
-        if self.fast:
+        if stage in self._native_stages:
+            rows = self._stage_rows[stage]
+            st = self._state
+            st["in_lo"][rows] = lo
+            st["in_hi"][rows] = hi
+            st["sends"][rows] = 0
+            st["infers"][rows] = 0
+            fuel_ids, fuel_used = self._run_native(stage, tick)
+        elif self.fast:
             # Every agent's inbox bounds and per-step send and infer counts, at once.
             if agents:
                 rows = self._stage_rows[stage]
@@ -932,12 +994,69 @@ class GroupHost:
             else:
                 self._end_step(a)
                 if rc != 0:
-                    a.status = AgentStatus.HALTED
+                    self._set_status(a, AgentStatus.HALTED)
                     self._emit(K_HALT, a, 0, int(rc & 0xFFFFFFFF).to_bytes(4, "little"))
             used = a.fuel - self._fuel_left(a)
             a.fuel_total += used
             fuel_ids.append(a.id)
             fuel_used.append(used)
+
+    def _run_native(self, stage: int, tick: int) -> tuple[np.ndarray, np.ndarray]:
+        """_run_fast's loop in C (we_host_step_agents) for a stage whose agents
+        keep no per-step state in Python; returns the stepped agents' ids and
+        the fuel each used. The loop stops at an agent whose step failed or
+        returned non-zero, or at a failed fuel call; this handles it as
+        _run_fast does and resumes at the next agent."""
+        plan = self._loop_rows.get(stage)
+        if plan is None or plan[0] != self._status_epoch:
+            running = [a for a in self._kind_of_stage[stage] if a.status == AgentStatus.RUNNING]
+            rows = np.zeros(len(running), STEP_ROW_DTYPE)
+            if running:
+                rows["wctx"] = [a.ctx_addr for a in running]
+                rows["func"] = [a.step_addr for a in running]
+                rows["st"] = [int(_nffi.cast("uintptr_t", a.st)) for a in running]
+                rows["fuel"] = [a.fuel for a in running]
+            ids = np.array([a.id for a in running], np.uint32)
+            plan = (self._status_epoch, running, rows, _nffi.cast("we_step_row *", rows.ctypes.data), ids)
+            self._loop_rows[stage] = plan
+        _, running, _, rows_ptr, ids = plan
+        n = len(running)
+        used = np.zeros(n, np.uint64)
+        used_ptr = _nffi.cast("uint64_t *", used.ctypes.data)
+        stop, step = self._stop, _nlib.we_host_step_agents
+        i = 0
+        while i < n:
+            i = step(self._hctx, _WASMTIME_FNS, rows_ptr, i, n, tick, used_ptr, stop)
+            if i < n:
+                self._native_stopped(running[i], stop, used, i)
+                i += 1
+        return ids, used
+
+    def _native_stopped(self, a: _Agent, stop, used: np.ndarray, i: int) -> None:
+        """What _run_fast does for an agent whose step failed or halted, after
+        the C loop stopped at it (row i)."""
+        why = stop.why
+        if why == _nlib.WE_STEP_HALTED:
+            self._set_status(a, AgentStatus.HALTED)
+            self._emit(K_HALT, a, 0, (stop.rc & _U32_MASK).to_bytes(4, "little"))
+            return
+        err = int(_nffi.cast("uintptr_t", stop.error))
+        if why != _nlib.WE_STEP_FAILED:
+            raise _error_from_addr(err)
+        self._trap_slot[0] = int(_nffi.cast("uintptr_t", stop.trap)) or None
+        exc = self._step_error(err)
+        if not isinstance(exc, Exception):
+            raise exc  # KeyboardInterrupt and the like in a host function: not the agent's fault
+        self._fault(a, stop.mark, *_classify(exc))
+        left = self._fuel_left(a)
+        used[i] = a.fuel - left
+        a.fuel_total += a.fuel - left
+
+    def _native_cur(self) -> _Agent:
+        """The agent being stepped, for a Python host function called from the
+        C loop (which sets only the native context's row pointer)."""
+        addr = int(_nffi.cast("uintptr_t", self._hctx.cur))
+        return self.agents[(addr - self._state.ctypes.data) // AGENT_STATE_DTYPE.itemsize]
 
     def _run_fast(self, agents, tick, fuel_ids, fuel_used) -> None:
         """_run_reference's loop with _begin_step, _call_step, _end_step and
@@ -984,7 +1103,7 @@ class GroupHost:
                         st.seq = seq + 1
                 rc = rc_words[0]
                 if rc:
-                    a.status = AgentStatus.HALTED
+                    self._set_status(a, AgentStatus.HALTED)
                     self._emit(K_HALT, a, 0, (rc & 0xFFFFFFFF).to_bytes(4, "little"))
             err = get_fuel(ctx, fuel_addr)
             if err:
