@@ -10,8 +10,9 @@ table; with --json the last line is one JSON object:
 and the last one, which also collects every agent's final state (a digest of
 its whole linear memory: at 10,000 agents that tick alone takes seconds, and
 it used to dominate short runs); its time is reported as final_tick_s.
-Agents are stepped from Python through wasmtime's C API (ctypes); a later
-issue moves the per-agent loop to C.
+The epidemic agents import rand_u64 and publish (Python host functions with
+per-step state), so they are stepped by the worker's Python loop (ctypes into
+wasmtime's C API), not the per-agent loop in C (docs/RUNTIME.md).
 """
 from __future__ import annotations
 
