@@ -31,6 +31,7 @@ import numpy as np
 from ..shm_protocol import LAYOUT_VERSION, RECORD_DTYPE, RecordBatch
 from ..worker import (
     ABI_VERSION,
+    HOST_PATHS,
     FLAG_COMMITTED,
     FLAG_DEFERRED,
     FLAG_DROPPED,
@@ -173,7 +174,9 @@ class Supervisor:
         for k in scenario.kinds:
             self.infer_limit[k.first_agent_id:k.first_agent_id + k.count] = max(1, k.max_infers_per_tick) * BACKLOG_QUOTA_MULTIPLE
         self.provider = provider
-        self.host = host  # "fast" or "reference": how groups call agents (same results)
+        if host not in HOST_PATHS:
+            raise ValueError(f"unknown host path {host!r} (one of {', '.join(HOST_PATHS)})")
+        self.host = host  # how groups call agents (same results)
         self._inference = inference  # a source given by the caller (verify: the log)
 
     # -- header / identity -------------------------------------------------------

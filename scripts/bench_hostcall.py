@@ -5,13 +5,16 @@ Runs a WAT agent whose `we_step` calls the cheapest host function
 (`agent_count`) N times, for N = 0 and N = --calls, through the real
 supervisor with the group in this process (transport "inline": no IPC, so
 the figures are the worker's and the supervisor's own work), once per host
-path: "fast" (the default: ctypes into wasmtime's C API, host functions as
-closures) and "reference" (wasmtime-py, the yardstick the fast path is
-checked against). Prints, per path, the wall time per agent step at N = 0
-(stepping plus the supervisor's per-agent share) and the slope per host
-call; each figure is the best of --repeats runs. With --json the last line
-is one JSON object {"fast": {"step_us": ..., "host_call_us": ...},
-"reference": {...}, "settings": {...}}.
+path: "fast" (the default: agents stepped by the per-agent loop in C over
+wasmtime's C API, this import a C function), "python-loop" (the same host
+functions, agents stepped from Python through ctypes) and "reference"
+(wasmtime-py, the yardstick the fast path is checked against). Prints, per
+path, the wall time per agent step at N = 0 and the slope per host call;
+each figure is the best of --repeats runs. The wall time per step includes
+the supervisor's per-agent share and, spread over the run, instantiating
+the agents and the final-state digests of their memories. With --json the
+last line is one JSON object {"fast": {"step_us": ..., "host_call_us": ...},
+"python-loop": {...}, "reference": {...}, "settings": {...}}.
 """
 from __future__ import annotations
 
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             paths[calls] = Path(d) / f"s{calls}.toml"
             paths[calls].write_text(SCENARIO.format(calls=calls, ticks=args.ticks, agents=args.agents))
         print(f"{'host path':<11}{'us per step (0 calls)':>23}{'us per host call':>18}")
-        for host in ("fast", "reference"):
+        for host in ("fast", "python-loop", "reference"):
             base = per_step_us(paths[0], host, args.repeats)
             busy = per_step_us(paths[args.calls], host, args.repeats)
             out[host] = {"step_us": base, "host_call_us": (busy - base) / args.calls}

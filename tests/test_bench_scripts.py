@@ -67,7 +67,7 @@ def test_bench_inference_json_shape():
 def test_bench_hostcall_json_shape():
     out = _run("bench_hostcall.py", "--json", "--agents", "5", "--ticks", "3", "--calls", "4", "--repeats", "1")
     r = json.loads(out[-1])
-    for host in ("fast", "reference"):
+    for host in ("fast", "python-loop", "reference"):
         assert r[host]["step_us"] > 0 and "host_call_us" in r[host]
 
 

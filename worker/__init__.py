@@ -13,6 +13,7 @@ from ._abi import (
 )
 from ._host import (
     FUEL_DTYPE as FUEL_DTYPE,
+    HOST_PATHS as HOST_PATHS,
     STATE_DTYPE as STATE_DTYPE,
     GroupHost as GroupHost,
     GroupSpec as GroupSpec,

@@ -82,6 +82,10 @@ class KindSpec:
     count: int
 
 
+#: How a group calls its agents (GroupSpec.host).
+HOST_PATHS = ("fast", "python-loop", "reference")
+
+
 @dataclass(frozen=True)
 class GroupSpec:
     """Configuration of one agent group; sent to its process as K_INIT."""
@@ -96,8 +100,10 @@ class GroupSpec:
     max_logs_per_tick: int = 16
     max_publish_bytes: int = 4096
     #: "fast": host functions and we_step through wasmtime's *_unchecked C API
-    #: (raw value slots); "reference": through wasmtime-py's checked wrappers.
-    #: Both must give identical runs; tests cross-check them.
+    #: (raw value slots), agents stepped by the per-agent loop in C where a
+    #: stage allows it; "python-loop": the same, always stepped from Python;
+    #: "reference": through wasmtime-py's checked wrappers. All must give
+    #: identical runs; tests cross-check them.
     host: str = "fast"
     agent_ids: tuple[int, ...] = field(default=())
 
@@ -323,16 +329,14 @@ def make_engine(kinds) -> wasmtime.Engine:
 class GroupHost:
     """Hosts the agents listed in a GroupSpec. Not thread-safe (one per process)."""
 
-    def __init__(self, spec: GroupSpec, module_bytes: dict[str, bytes] | None = None, *,
-                 native_loop: bool = True) -> None:
-        """``native_loop``: on the fast path, step a stage's agents in the
-        per-agent loop in C where the stage allows it (see _STEP_STATE_IMPORTS);
-        False keeps the Python loop everywhere (the tests cross-check the two)."""
+    def __init__(self, spec: GroupSpec, module_bytes: dict[str, bytes] | None = None) -> None:
         self.spec = spec
-        if spec.host not in ("fast", "reference"):
-            raise ValueError(f"unknown host path {spec.host!r}")
-        self.fast = spec.host == "fast"
-        self.native_loop = native_loop and self.fast
+        if spec.host not in HOST_PATHS:
+            raise ValueError(f"unknown host path {spec.host!r} (one of {', '.join(HOST_PATHS)})")
+        self.fast = spec.host != "reference"
+        # Step a stage's agents in the per-agent loop in C where the stage
+        # allows it (see _STEP_STATE_IMPORTS).
+        self.native_loop = spec.host == "fast"
         # Kinds (by name) whose module imports a host function that keeps
         # per-step state in Python: their stages use the Python loop.
         self._step_state_kinds: set[str] = set()
@@ -955,23 +959,17 @@ class GroupHost:
         lo, hi = bounds[:len(agents)], bounds[len(agents):]
         fuel_ids: list[int] = []
         fuel_used: list[int] = []
-        if stage in self._native_stages:
+        if self.fast and agents:
+            # Every agent's inbox bounds and per-step send and infer counts, at once.
             rows = self._stage_rows[stage]
             st = self._state
             st["in_lo"][rows] = lo
             st["in_hi"][rows] = hi
             st["sends"][rows] = 0
             st["infers"][rows] = 0
+        if stage in self._native_stages:
             fuel_ids, fuel_used = self._run_native(stage, tick)
         elif self.fast:
-            # Every agent's inbox bounds and per-step send and infer counts, at once.
-            if agents:
-                rows = self._stage_rows[stage]
-                st = self._state
-                st["in_lo"][rows] = lo
-                st["in_hi"][rows] = hi
-                st["sends"][rows] = 0
-                st["infers"][rows] = 0
             self._run_fast(agents, tick, fuel_ids, fuel_used)
         else:
             self._run_reference(agents, lo.tolist(), hi.tolist(), tick, fuel_ids, fuel_used)

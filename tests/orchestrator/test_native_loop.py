@@ -18,24 +18,15 @@ from wasm_engine.shm_protocol import RecordBatch
 from wasm_engine.worker import K_DELIVER, K_FUEL, K_HALT, K_INFER, K_MSG, K_TRAP, GroupHost, GroupSpec, KindSpec, \
     TrapCode
 
-from .test_host_paths import _count_fallbacks, _deliveries
+from .test_host_paths import IMPORTS, _count_fallbacks, _deliveries
 
 PAGE = 65536
 SEED = 11
-# Only imports served natively, plus config_read (a Python callback without
-# per-step state): stages of these agents run in the C loop.
-NATIVE_ONLY = """
-  (import "we" "recv" (func $recv (param i32 i32 i32) (result i32)))
-  (import "we" "inbox_count" (func $inbox_count (result i32)))
-  (import "we" "send" (func $send (param i32 i32 i32) (result i32)))
-  (import "we" "tick" (func $tick (result i64)))
-  (import "we" "infer" (func $infer (param i32 i32 i32) (result i64)))
-  (import "we" "config_read" (func $config_read (param i32 i32) (result i32)))
-  (import "we" "agent_count" (func $agent_count (result i32)))
-"""
-WITH_LOG = NATIVE_ONLY + """
-  (import "we" "log" (func $log (param i32 i32) (result i32)))
-"""
+# The imports without per-step Python state (all but log, rand_u64 and
+# publish): stages of these agents run in the C loop.
+NATIVE_ONLY = "\n".join(line for line in IMPORTS.splitlines()
+                        if not any(f'"we" "{name}"' in line for name in ("log", "rand_u64", "publish")))
+WITH_LOG = NATIVE_ONLY + '\n  (import "we" "log" (func $log (param i32 i32) (result i32)))'
 CAPS = ("recv", "send", "rand", "tick", "log", "publish", "infer")
 
 
@@ -58,11 +49,10 @@ def _kind(tmp_path, name, wasm, first, count, stage=0, fuel=100_000, max_sends=4
 
 
 def _hosts(kinds, n):
-    def host(path, native_loop):
-        spec = GroupSpec(0, SEED, n, 64, 2, tuple(kinds), max_log_bytes=32, max_logs_per_tick=3,
-                         max_publish_bytes=128, host=path, agent_ids=tuple(range(n)))
-        return GroupHost(spec, native_loop=native_loop)
-    return {"c": host("fast", True), "python": host("fast", False), "reference": host("reference", False)}
+    def host(path):
+        return GroupHost(GroupSpec(0, SEED, n, 64, 2, tuple(kinds), max_log_bytes=32, max_logs_per_tick=3,
+                                   max_publish_bytes=128, host=path, agent_ids=tuple(range(n))))
+    return {"c": host("fast"), "python": host("python-loop"), "reference": host("reference")}
 
 
 def _run(hosts, ticks, stages=(0,), inbox=()):
@@ -244,3 +234,58 @@ def test_records_are_the_reference_bytes_with_a_delivery_batch_reused(tmp_path):
     for h in hosts.values():
         h.run_stage(0, 0, deliveries)
     assert deliveries.headers.tobytes() == before
+
+
+def test_the_host_path_is_checked_up_front(tmp_path):
+    kinds = [_kind(tmp_path, "k", _wasm("(drop (call $inbox_count))"), 0, 1)]
+    with pytest.raises(ValueError, match="unknown host path 'c-loop'"):
+        GroupHost(GroupSpec(0, SEED, 1, 64, 2, tuple(kinds), host="c-loop", agent_ids=(0,)))
+
+
+RELAY_STEP = """
+  ;; forward everything received to (id * 7 + tick) mod n, then trap or halt on cue
+  (block $done (loop $next
+    (br_if $done (i32.lt_s (call $recv (i32.const 0) (i32.const 4) (i32.const 16)) (i32.const 0)))
+    (i32.store (i32.const 20) (i32.add (i32.load (i32.const 4)) (global.get $id)))
+    (drop (call $send (i32.rem_u (i32.add (i32.mul (global.get $id) (i32.const 7)) (i32.wrap_i64 (local.get $t)))
+                                 (call $agent_count))
+                      (i32.const 20) (i32.const 4)))
+    (br $next)))
+  (drop (call $send (i32.rem_u (i32.add (global.get $id) (i32.const 1)) (call $agent_count))
+                    (i32.const 0) (i32.const 4)))
+  (if (i32.and (i64.eq (local.get $t) (i64.const 3)) (i32.eq (i32.rem_u (global.get $id) (i32.const 9)) (i32.const 4)))
+    (then unreachable))
+  (if (i32.and (i64.eq (local.get $t) (i64.const 5)) (i32.eq (i32.rem_u (global.get $id) (i32.const 11)) (i32.const 2)))
+    (then (return (i32.const 7))))
+"""
+
+
+def test_whole_runs_agree_across_loops_and_group_counts(tmp_path, c_loop_calls):
+    """Through the supervisor: the C loop in 1 and 3 worker processes, the
+    Python loop and the reference path give one run hash, traps and halts included."""
+    from wasm_engine.orchestrator import Supervisor, load_scenario
+
+    (tmp_path / "relay.wasm").write_bytes(_wasm(RELAY_STEP))
+    (tmp_path / "s.toml").write_text("""[run]
+name = "relay"
+ticks = 8
+seed = 5
+max_message_bytes = 64
+
+[[agents]]
+kind = "relay"
+module = "relay.wasm"
+count = 40
+capabilities = ["recv", "send", "tick", "infer"]
+fuel_per_tick = 100000
+max_sends_per_tick = 8
+""")
+    sc = load_scenario(tmp_path / "s.toml")
+    runs = {(host, groups, transport): Supervisor(sc, groups=groups, transport=transport, host=host).run()
+            for host, groups, transport in (("fast", 1, "inline"), ("fast", 3, "process"),
+                                            ("python-loop", 2, "inline"), ("reference", 1, "inline"))}
+    hashes = {s.run_hash for s in runs.values()}
+    assert len(hashes) == 1, runs
+    s = runs[("fast", 1, "inline")]
+    assert s.quarantined == 4 and s.halted == 3 and s.messages > 0  # ids 4, 13, 22, 31; 2, 24, 35 (13 trapped first)
+    assert len(c_loop_calls) == 8  # the inline fast run; the process run's groups are other processes
