@@ -666,7 +666,7 @@ class GroupHost:
 
         def rand_u64(env, caller, args, nargs):
             try:
-                a = host.cur or host._native_cur()
+                a = host.cur
                 if a.rng_key is None:
                     a.rng_key = tick_key(a.rng_agent, host.tick)
                 v = nth(a.rng_key, a.rng_n)
@@ -688,7 +688,7 @@ class GroupHost:
 
         def log(env, caller, args, nargs):
             try:
-                a = host.cur or host._native_cur()
+                a = host.cur
                 ptr, n = args[0] & mask, args[4]
                 if n < 0 or ptr + n > a.mem_lo:
                     grown(a, ptr, n, "log")
@@ -708,7 +708,7 @@ class GroupHost:
 
         def publish(env, caller, args, nargs):
             try:
-                a = host.cur or host._native_cur()
+                a = host.cur
                 ptr, n = args[0] & mask, args[4]
                 if n < 0 or ptr + n > a.mem_lo:
                     grown(a, ptr, n, "publish")
@@ -1046,9 +1046,9 @@ class GroupHost:
         if not isinstance(exc, Exception):
             raise exc  # KeyboardInterrupt and the like in a host function: not the agent's fault
         self._fault(a, stop.mark, *_classify(exc))
-        left = self._fuel_left(a)
-        used[i] = a.fuel - left
-        a.fuel_total += a.fuel - left
+        spent = a.fuel - self._fuel_left(a)
+        used[i] = spent
+        a.fuel_total += spent
 
     def _native_cur(self) -> _Agent:
         """The agent being stepped, for a Python host function called from the
