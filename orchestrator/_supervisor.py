@@ -199,11 +199,12 @@ class Supervisor:
                         for i, k in enumerate(self.kind_specs)],
             "wasmtime_version": getattr(wasmtime, "__version__", "50.0.1"),
             "log_sections": _runlog.SECTION_NAMES,
+            "digest_function": _runlog.DIGEST_FUNCTION,
         }
 
     def identity_digest(self) -> bytes:
         """What the run hash starts from: everything that defines the run, nothing about placement."""
-        h = hashlib.blake2b(digest_size=32, person=b"we-run-ident")
+        h = _runlog.new_digest("run identity")
         h.update(self.sc.canonical_bytes())
         h.update(ABI_VERSION.to_bytes(4, "little"))
         for k in self.kind_specs:
@@ -282,7 +283,7 @@ class Supervisor:
 
     def _loop(self, links, writer, t0) -> RunSummary:
         sc, n = self.sc, self.sc.total_agents
-        run_hash = hashlib.blake2b(digest_size=32, person=b"we-run-hash")
+        run_hash = _runlog.new_digest("run hash")
         run_hash.update(self.identity_digest())
         pending: dict[tuple[int, int], list[RecordBatch]] = {}
         backlog: dict[int, RecordBatch] = {}
@@ -294,7 +295,7 @@ class Supervisor:
         latency = sc.inference_latency_ticks
         for tick in range(sc.ticks):
             fuel = np.zeros(n, np.uint32)
-            logged, inputs_digest = [], hashlib.blake2b(digest_size=32, person=b"we-inputs")
+            logged, inputs_digest = [], _runlog.new_digest("tick inputs")
             remaining = budget
             inf_remaining = sc.inference_budget_per_tick
             tick_requests = []

@@ -27,6 +27,7 @@ import struct
 from ctypes import POINTER, c_int32, c_int64, c_size_t, c_ubyte, c_uint64, c_void_p, cast
 from dataclasses import asdict, dataclass, field
 
+import blake3
 import numpy as np
 import wasmtime
 # wasmtime-py's ctypes bindings of wasmtime's C API (the "FFI loader" layer of
@@ -53,6 +54,9 @@ from ._messages import (
     TrapCode,
 )
 
+#: BLAKE3 derive-key context of the digest in each K_STATE record (the
+#: agent's memory, exported globals and host-side state; docs/RUNTIME.md).
+STATE_DIGEST_CONTEXT = "wasm-engine 2026-11-22 agent state"
 #: Final-state record per agent (payload of K_STATE), 48 bytes.
 STATE_DTYPE = np.dtype([("agent", "<u4"), ("status", "<u4"), ("seq", "<u4"), ("fuel_total_lo", "<u4"),
                         ("digest", "V32")])
@@ -1118,7 +1122,7 @@ class GroupHost:
         crash-recovery issue will snapshot them through the C API.)"""
         st = np.zeros(len(self.agents), STATE_DTYPE)
         for i, a in enumerate(self.agents):
-            h = hashlib.blake2b(digest_size=32)
+            h = blake3.blake3(derive_key_context=STATE_DIGEST_CONTEXT)
             n = self._mem_len(a)
             h.update(n.to_bytes(8, "little"))
             h.update(ctypes.string_at(a.base, n))

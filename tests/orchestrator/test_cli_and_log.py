@@ -92,6 +92,30 @@ def test_flipped_byte_is_a_corrupt_log_with_offset(logged_run, tmp_path, capsys)
     assert "offset" in capsys.readouterr().err
 
 
+
+def test_a_log_with_other_digests_is_refused_in_one_line(logged_run, tmp_path, capsys):
+    # A log from before the run digests moved to BLAKE3 names no digest
+    # function (or another one): verify cannot reproduce its digests and
+    # says so instead of reporting a divergence at tick 0.
+    _sc, log = logged_run
+    with LogReader(log) as r:
+        assert r.header["digest_function"] == "blake3-derive-key"
+    for header_value in (None, "blake2b"):
+        old = tmp_path / f"old_{header_value}.welog"
+        with LogReader(log) as r:
+            header = dict(r.header)
+            if header_value is None:
+                del header["digest_function"]
+            else:
+                header["digest_function"] = header_value
+            with LogWriter(old, header, [bytes(m) for m in r.modules], fsync_every_ticks=0) as w:
+                for tick, sec in r.ticks():
+                    w.append_tick(tick, {k: bytes(v) for k, v in sec.items()})
+        rc = main(["verify", str(old), "--quiet", "--transport", "inline"])
+        assert rc == 4
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "blake2b" in err[0] and "run the scenario again" in err[0]
+
 @pytest.mark.parametrize("cut", ["mid_frame", "header_only", "one_byte_short"])
 def test_truncated_log_reads_to_last_complete_tick(logged_run, tmp_path, cut, capsys):
     _sc, log = logged_run
