@@ -27,8 +27,8 @@ class _Group:
         self.ids: list[np.ndarray] = []
 
     def __call__(self, batch: RecordBatch, c: int, pending: list[RecordBatch], reply) -> bool:
-        h = batch.headers[c]
-        kind, tick, flags = int(h["kind"]), int(h["tick"]), int(h["flags"])
+        h = batch.headers
+        kind, tick, flags = int(h["kind"][c]), int(h["tick"][c]), int(h["flags"][c])
         if kind == K_INIT:
             if flags == 1:
                 self.ids.append(np.frombuffer(batch.payload_of(c), "<u4").astype(np.int64))
@@ -41,7 +41,8 @@ class _Group:
                     return False
                 reply(RecordBatch.single(K_READY, str(len(self.host.agents)).encode()))
         elif kind == K_RUN:
-            deliveries = RecordBatch.concat(pending)
+            # serve_channel pops copies (views=False): the deliveries need none of their own.
+            deliveries = RecordBatch.concat(pending, copy=False)
             pending.clear()
             out = self.host.run_stage(tick, flags, deliveries)
             # One push: every push may cost the supervisor a futex wake-up.
