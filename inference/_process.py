@@ -12,6 +12,7 @@ restarted inference process can be fed the same requests again safely.
 """
 from __future__ import annotations
 
+import gc
 import json
 import struct
 import weakref
@@ -274,6 +275,10 @@ class _Server:
             except Exception as e:  # noqa: BLE001 - reported to the supervisor as one line
                 reply(RecordBatch.single(K_INF_ERROR, str(e).encode()[-4000:]))
                 return False
+            # The loaded models live as long as the process: out of the cyclic
+            # collector's sight (as in the group process).
+            gc.collect()
+            gc.freeze()
             reply(RecordBatch.single(K_INF_READY, json.dumps(engine_info(self.engine)).encode()))
         elif kind == K_INF_EXECUTE:
             # Nothing modifies the requests, and the reply shares no memory with

@@ -9,6 +9,8 @@ supervisor dies, the group notices within a second and exits.
 """
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 
 from ..shm_protocol import RecordBatch, serve_channel
@@ -39,6 +41,12 @@ class _Group:
                 except AgentLoadError as e:
                     reply(RecordBatch.single(K_ERROR, str(e).encode()))
                     return False
+                # Everything allocated so far (modules, instances, agents) lives
+                # as long as the group: out of the cyclic collector's sight, its
+                # collections stop re-scanning it every few ticks (they took
+                # ~9% of a group's CPU).
+                gc.collect()
+                gc.freeze()
                 reply(RecordBatch.single(K_READY, str(len(self.host.agents)).encode()))
         elif kind == K_RUN:
             # serve_channel pops copies (views=False): the deliveries need none of their own.
