@@ -57,7 +57,8 @@ class _ChildProcess:
         if not len(b):
             self._check_alive()
             return b
-        err = np.flatnonzero(b.headers["kind"] == self._error_kind)
+        # .nonzero() rather than np.flatnonzero: a fraction of its call overhead, every tick.
+        err = (b.headers["kind"] == self._error_kind).nonzero()[0]
         if len(err):
             raise GroupFailedError(self._error_prefix + b.payload_of(int(err[0])).decode("utf-8", "replace"),
                                    self.index)
@@ -73,7 +74,7 @@ class _ChildProcess:
                 if deadline is not None and time.monotonic() > deadline:
                     raise GroupFailedError(f"{self.label} did not answer within {timeout_s} s", self.index)
                 continue
-            end = np.flatnonzero(b.headers["kind"] == end_kind)
+            end = (b.headers["kind"] == end_kind).nonzero()[0]
             if len(end):
                 e = int(end[0])
                 if e + 1 != len(b):

@@ -124,7 +124,7 @@ class ProcessInference(_ChildProcess):
         while tick not in self._ready:
             b = self._pop()
             start = 0
-            for d in np.flatnonzero(b.headers["kind"] == K_INF_DONE).tolist():
+            for d in (b.headers["kind"] == K_INF_DONE).nonzero()[0].tolist():
                 self._last_done = b.slice(d, d + 1)
                 self._partial.append(b.slice(start, d))
                 self._ready[int(b.headers[d]["tick"])] = RecordBatch.concat(self._partial, copy=False)
