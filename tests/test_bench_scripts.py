@@ -120,3 +120,13 @@ def test_probe_model_speed_with_engine_load_alternates_and_cleans_up():
     assert set(list_segments()) <= before  # the engine run was stopped and cleaned up
     assert not [p for p in psutil.process_iter(["cmdline"]) if "wasm-engine" in " ".join(p.info["cmdline"] or [])
                 and "run" in (p.info["cmdline"] or [])]
+
+
+def test_probe_group_tick_json_shape():
+    out = _run("probe_group_tick.py", "--json", "--agents", "3", "--seconds", "0.05", "--windows", "2",
+               "--tensor-dims", "8,4", timeout_s=120)
+    r = json.loads(out[-1])
+    assert r["agents"] == 3 and len(r["windows"]) == 2
+    assert all(w["ticks"] > 0 and w["cpu_us"] > 0 and w["wall_us"] > 0 for w in r["windows"])
+    bad = _refused("probe_group_tick.py", "--agents", "0")
+    assert bad.returncode == 2 and "--agents" in bad.stderr
