@@ -10,7 +10,7 @@ import blake3
 import numpy as np
 
 from ..shm_protocol import RECORD_DTYPE, RecordBatch
-from ..worker import STATE_DTYPE
+from ..worker import DIGEST_CONTEXT_PREFIX, STATE_DTYPE
 from ._errors import DivergenceError
 from ._replaylog import LogWriter
 
@@ -34,12 +34,11 @@ SECTION_NAMES = {
 #: records are hashed as they pass, and over the kilobytes of a tick's
 #: payloads BLAKE3's SIMD code runs 5-7x faster (docs/RUNTIME.md, Speed).
 DIGEST_FUNCTION = "blake3-derive-key"
-_CONTEXT_PREFIX = "wasm-engine 2026-11-22 "
 
 
 def new_digest(purpose: str):
     """A fresh 32-byte digest for ``purpose`` ("run hash", "tick records", ...)."""
-    return blake3.blake3(derive_key_context=_CONTEXT_PREFIX + purpose)
+    return blake3.blake3(derive_key_context=DIGEST_CONTEXT_PREFIX + purpose)
 
 
 def _headers_unchecked(batch: RecordBatch) -> np.ndarray:

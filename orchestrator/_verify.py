@@ -44,8 +44,9 @@ def scenario_from_log(reader: LogReader, workdir: Path) -> Scenario:
     h = reader.header
     if h is None or h.get("format") != "wasm-engine-run":
         raise ReplayLogError(reader.path, 0, "not a wasm-engine run log (header has no run description)")
-    if h.get("digest_function", "blake2b") != _runlog.DIGEST_FUNCTION:
-        raise ReplayLogError(reader.path, 0, f"the log's digests use {h.get('digest_function', 'blake2b')} "
+    logged_digests = h.get("digest_function", "blake2b")  # logs before the field: BLAKE2b
+    if logged_digests != _runlog.DIGEST_FUNCTION:
+        raise ReplayLogError(reader.path, 0, f"the log's digests use {logged_digests} "
                              f"(written by an older wasm-engine); this version computes {_runlog.DIGEST_FUNCTION}: "
                              "run the scenario again to get a log it can verify")
     sc = parse_scenario(h["scenario_text"], h["scenario_path"], check_files=False)

@@ -12,6 +12,7 @@ from ._abi import (
     check_module as check_module,
 )
 from ._host import (
+    DIGEST_CONTEXT_PREFIX as DIGEST_CONTEXT_PREFIX,
     FUEL_DTYPE as FUEL_DTYPE,
     HOST_PATHS as HOST_PATHS,
     STATE_DTYPE as STATE_DTYPE,

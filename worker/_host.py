@@ -54,9 +54,13 @@ from ._messages import (
     TrapCode,
 )
 
-#: BLAKE3 derive-key context of the digest in each K_STATE record (the
-#: agent's memory, exported globals and host-side state; docs/RUNTIME.md).
-STATE_DIGEST_CONTEXT = "wasm-engine 2026-11-22 agent state"
+#: Every digest of a run is BLAKE3 in derive-key mode, with a context string
+#: of this prefix and its purpose (docs/RUNTIME.md "Digests"); the supervisor's
+#: digests take the prefix from here.
+DIGEST_CONTEXT_PREFIX = "wasm-engine 2026-11-22 "
+#: The context of the digest in each K_STATE record (the agent's memory,
+#: exported globals and host-side state).
+STATE_DIGEST_CONTEXT = DIGEST_CONTEXT_PREFIX + "agent state"
 #: Final-state record per agent (payload of K_STATE), 48 bytes.
 STATE_DTYPE = np.dtype([("agent", "<u4"), ("status", "<u4"), ("seq", "<u4"), ("fuel_total_lo", "<u4"),
                         ("digest", "V32")])
