@@ -221,6 +221,16 @@ class InferenceEngine:
                              model.spec.id)
             return False
 
+    def plan_tick(self, model_index: int, plan, out: np.ndarray, max_result_bytes: int):
+        """For a caller serving many ticks like the last one through ``plan``
+        (from uniform_plan) into one ``out`` array: a callable ``f(payloads)
+        -> bool`` with run_plan's contract, or None where run_plan would not
+        serve through the plan.  See TensorModel.plan_tick."""
+        model = self._models[model_index] if 0 <= model_index < len(self._models) else None
+        if not isinstance(model, TensorModel):
+            return None
+        return model.plan_tick(plan, out, min(max_result_bytes, self.max_result_bytes))
+
     def _execute_mixed(self, indices: list, payloads: list) -> list[tuple[int, bytes] | None]:
         outcomes: list[tuple[int, bytes] | None] = [None] * len(indices)
         by_model: dict[int, list[int]] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import struct
 import weakref
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import numpy as np
 from ..shm_protocol import RECORD_DTYPE, RecordBatch, serve_channel
 from ._payloads import Status
 from ._rows import COPY, DST_BASE, EQUAL, FILL, SRC_BASE, RowProgram, address
+
+LOGGER = logging.getLogger("wasm_engine.inference")
 
 K_INF_INIT = 64       # payload: JSON {"models": [...], "provider": str}
 K_INF_READY = 65      # payload: JSON list of per-model info (provider used, memory)
@@ -204,18 +207,24 @@ def _reply_program(n: int, width: int, model: int, size: int) -> RowProgram:
     if prog is None:
         if len(_reply_programs) >= _REPLY_PROGRAMS_MAX:
             _reply_programs.clear()
-        row = np.zeros(1, RECORD_DTYPE)
-        row[0] = (K_INF_RESULT, 0, width, model, 0, 0, 0, 0)
-        row = row.tobytes()
-        want = struct.pack("<II", size, model)
-        step, fields = RECORD_DTYPE.itemsize, RECORD_DTYPE.fields
-        ops = [(EQUAL, SRC_BASE, fields["payload_len"][1], step, address(want), 0, 4),
-               (EQUAL, SRC_BASE, fields["destination"][1], step, address(want) + 4, 0, 4),
-               (FILL, DST_BASE, address(row), 0, 0, step, step)]
-        ops += [(COPY, SRC_BASE | DST_BASE, fields[a][1], step, fields[b][1], step, fields[a][0].itemsize)
-                for a, b in _FROM_REQUEST]
-        prog = _reply_programs[key] = RowProgram(ops, [row, want], n)
+        ops, keep = _reply_ops(width, model, size)
+        prog = _reply_programs[key] = RowProgram(ops, keep, n)
     return prog
+
+
+def _reply_ops(width: int, model: int, size: int) -> tuple[list[tuple], list[bytes]]:
+    """_reply_program's ops, and the bytes they point into."""
+    row = np.zeros(1, RECORD_DTYPE)
+    row[0] = (K_INF_RESULT, 0, width, model, 0, 0, 0, 0)
+    row = row.tobytes()
+    want = struct.pack("<II", size, model)
+    step, fields = RECORD_DTYPE.itemsize, RECORD_DTYPE.fields
+    ops = [(EQUAL, SRC_BASE, fields["payload_len"][1], step, address(want), 0, 4),
+           (EQUAL, SRC_BASE, fields["destination"][1], step, address(want) + 4, 0, 4),
+           (FILL, DST_BASE, address(row), 0, 0, step, step)]
+    ops += [(COPY, SRC_BASE | DST_BASE, fields[a][1], step, fields[b][1], step, fields[a][0].itemsize)
+            for a, b in _FROM_REQUEST]
+    return ops, [row, want]
 
 
 def _execute_general(engine, requests: RecordBatch, max_result_bytes: int) -> RecordBatch:
@@ -259,12 +268,92 @@ def _execute_uniform(engine, requests: RecordBatch, max_result_bytes: int) -> np
     return engine.execute_uniform(int(dest[0]), requests.payload.reshape(n, size), max_result_bytes)
 
 
+class _FastTick:
+    """The inference process's steady state: a popped batch that is the last
+    uniform tick's shape again (its n requests, then K_INF_EXECUTE), served
+    whole with a few native calls and no allocation per tick.
+
+    The same checks and bytes as ``execute_batch(..., done_tick=tick)``'s
+    first branch (each request's model and length, the reply headers, the
+    plan), plus what serve_channel would have checked: every request is a
+    K_INF_REQUEST and the batch ends with one K_INF_EXECUTE without payload.
+    Anything else -- or a plan that no longer serves -- is left to the
+    general loop, with nothing changed but these scratch arrays (and, as
+    for run_plan, the counters of a bound run that failed).
+    """
+
+    __slots__ = ("last", "n", "request_bytes", "_check", "_tail", "_serve", "_stats", "_out", "_payload")
+
+    def __init__(self, engine, last: _Tick, serve, payload: np.ndarray) -> None:
+        n, step, fields = last.program.rows, RECORD_DTYPE.itemsize, RECORD_DTYPE.fields
+        self.last, self.n, self.request_bytes, self._serve = last, n, n * last.size, serve
+        kinds, zero = struct.pack("<HH", K_INF_REQUEST, K_INF_EXECUTE), bytes(4)
+        out = np.zeros(n + 1, RECORD_DTYPE)
+        out[n] = (K_INF_DONE, MODEL_STATS_VERSION, last.stats_bytes, 0, 0, 0, 0, 0)
+        ops, keep = _reply_ops(last.width, last.model, last.size)
+        self._check = RowProgram([(EQUAL, SRC_BASE, fields["kind"][1], step, address(kinds), 0, 2)] + ops,
+                                 keep + [kinds], n).runner(out)
+        # Row n: K_INF_EXECUTE without payload; its tick becomes K_INF_DONE's.
+        t = n * step
+        self._tail = RowProgram([(EQUAL, SRC_BASE, t + fields["kind"][1], 0, address(kinds) + 2, 0, 2),
+                                 (EQUAL, SRC_BASE, t + fields["payload_len"][1], 0, address(zero), 0, 4),
+                                 (COPY, SRC_BASE | DST_BASE, t + fields["tick"][1], 0, t + fields["tick"][1], 0, 8)],
+                                [kinds, zero], 1).runner(out)
+        self._out, self._payload = out, payload
+        self._stats = [(s, n * last.width + i * _STATS_ENTRY.size) for i, s in enumerate(engine.stats)]
+
+    @classmethod
+    def build(cls, engine, last: _Tick, max_result: int) -> "_FastTick | None":
+        n = last.program.rows
+        payload = np.zeros(n * last.width + last.stats_bytes, np.uint8)
+        serve = engine.plan_tick(last.model, last.plan, payload[:n * last.width].reshape(n, last.width), max_result)
+        if serve is None:
+            return None
+        return cls(engine, last, serve, payload)
+
+    def __call__(self, batch: RecordBatch, reply) -> bool:
+        """Serve ``batch`` whole (True), or do nothing that matters (False)."""
+        h, n = batch.headers, self.n
+        if len(h) != n + 1 or batch.payload.size != self.request_bytes:
+            return False
+        if self._tail(h) != 1 or self._check(h) != n or not self._serve(batch.payload):
+            return False
+        payload = self._payload
+        for s, off in self._stats:
+            _STATS_ENTRY.pack_into(payload, off, s.requests, s.runs, s.run_ns)
+        # The ring copies them: these arrays serve the next tick again.
+        reply(RecordBatch._trusted(self._out, payload))
+        return True
+
+
 class _Server:
     """Control-record handler of the inference process (see serve_channel)."""
 
     def __init__(self) -> None:
         self.engine = None
         self.max_result = 0
+        self._fast: _FastTick | None = None
+
+    def on_batch(self, batch: RecordBatch, reply) -> bool:
+        """serve_channel's shortcut: the steady-state tick (see _FastTick)."""
+        fast = self._fast
+        if fast is None:
+            return False
+        try:
+            if fast(batch, reply):
+                return True
+        except Exception:  # noqa: BLE001 - a bug in the shortcut: the general path still serves the tick
+            LOGGER.exception("internal error in the inference process's steady-state path; using the general path")
+        self._fast = None  # the general path serves this batch, and decides on the next shortcut
+        return False
+
+    def _next_fast(self) -> None:
+        """After a tick served by execute_batch: the shortcut for ticks like it, if it took the plan path."""
+        last = _last_tick
+        if last is None or last.engine() is not self.engine:
+            self._fast = None
+        elif self._fast is None or self._fast.last is not last:
+            self._fast = _FastTick.build(self.engine, last, self.max_result)
 
     def __call__(self, batch: RecordBatch, c: int, pending: list[RecordBatch], reply) -> bool:
         kind, tick = int(batch.headers[c]["kind"]), int(batch.headers[c]["tick"])
@@ -286,6 +375,7 @@ class _Server:
             reqs = pending[0] if len(pending) == 1 else RecordBatch.concat(pending, copy=False)
             pending.clear()
             reply(execute_batch(self.engine, reqs, self.max_result, done_tick=tick))
+            self._next_fast()
         elif kind == K_INF_SHUTDOWN:
             return False
         else:
@@ -295,5 +385,6 @@ class _Server:
 
 def inference_main(channel_name: str, parent_pid: int) -> None:
     # _Server keeps nothing it is given (execute_batch builds replies in arrays of their own).
+    server = _Server()
     serve_channel(channel_name, parent_pid, data_kind=K_INF_REQUEST, error_kind=K_INF_ERROR,
-                  label="the inference process", on_control=_Server(), views=True)
+                  label="the inference process", on_control=server, views=True, on_batch=server.on_batch)

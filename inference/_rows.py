@@ -103,6 +103,29 @@ class RowProgram:
         return lib.we_rows_run(self._ptr, self._n_ops, s, d, self.rows)
 
 
+    def runner(self, dst: np.ndarray | None = None):
+        """``run`` for many calls with one dst: a callable ``f(src=None) -> int``.
+
+        dst is checked once here (and kept alive by the callable); each call
+        checks only src.  For the inference process's steady state, where
+        every Python operation after the model costs several times its
+        usual time.
+        """
+        d = _EMPTY if dst is None else ffi.from_buffer("uint8_t[]", dst, require_writable=True)
+        if len(d) < self._dst_bytes:
+            raise ValueError(f"row program dst buffer: need {self._dst_bytes} bytes, got {len(d)}")
+        ptr, n_ops, rows, need, run, as_bytes = self._ptr, self._n_ops, self.rows, self._src_bytes, \
+            lib.we_rows_run, ffi.from_buffer
+
+        def run_src(src=None, _keep=(self, dst)):
+            s = _EMPTY if src is None else as_bytes("uint8_t[]", src)
+            if len(s) < need:
+                raise ValueError(f"row program src buffer: need {need} bytes, got {len(s)}")
+            return run(ptr, n_ops, s, d, rows)
+
+        return run_src
+
+
 _EMPTY = ffi.new("uint8_t[]", 0)  # the base buffer of a program that needs none
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -503,6 +504,16 @@ class TensorModel:
             self.stats.requests += n
         return served
 
+    def plan_tick(self, plan: _Plan, out: np.ndarray, max_result_bytes: int) -> "PlanTick | None":
+        """A PlanTick serving later ticks through ``plan`` (a `last_plan`) into
+        ``out`` ((n, plan.width) uint8, C-contiguous), or None where
+        run_plan would not serve through it."""
+        n = plan.gather.rows
+        if not (self.batching and self._plans.get((id(plan.layout), n)) is plan) \
+                or out.shape != (n, plan.width) or plan.width > max_result_bytes:
+            return None
+        return PlanTick(self, plan, out)
+
     def _drop_plan(self, plan: _Plan) -> None:
         """After a failed bound run: batches of this layout and count take the numpy path from now on."""
         n = plan.gather.rows
@@ -691,3 +702,49 @@ class TensorModel:
         if dest is not None:
             results = [by_index[i] for i in indices]
         return indices, results
+
+
+class PlanTick:
+    """run_plan for many ticks into one result array: a few native calls per tick.
+
+    The inference process's steady state runs this right after popping a
+    tick and right around session.run, where every Python operation costs
+    several times its usual time (the model has just evicted the caches):
+    the programs' result buffer is bound once, and the checks that cannot
+    change between ticks (batching, the result width) were made by
+    TensorModel.plan_tick.  Same bytes, counters and fallbacks as run_plan.
+    """
+
+    __slots__ = ("model", "plan", "rows", "size", "_key", "_gather", "_scatter", "_run", "_binding", "_stats")
+
+    def __init__(self, model: TensorModel, plan: _Plan, out: np.ndarray) -> None:
+        self.model, self.plan = model, plan
+        self.rows, self.size = plan.gather.rows, plan.size
+        self._key = (id(plan.layout), self.rows)
+        self._gather = plan.gather.runner()
+        self._scatter = plan.scatter.runner(out)
+        self._run = model.session.run_with_iobinding
+        self._binding = plan.binding
+        self._stats = model.stats
+
+    def __call__(self, payloads: np.ndarray) -> bool:
+        """Serve ``rows`` requests (payloads: rows * size bytes, C-contiguous)
+        into the bound result array: True; False where run_plan would have
+        returned False (then the plan may have been dropped, as there)."""
+        model = self.model
+        if model._plans.get(self._key) is not self.plan or self._gather(payloads) != self.rows:
+            return False
+        stats, t0 = self._stats, time.perf_counter_ns()
+        try:
+            self._run(self._binding)
+        except Exception:  # noqa: BLE001 - the numpy path runs the model again and reports any error
+            stats.runs += 1
+            stats.run_ns += time.perf_counter_ns() - t0
+            model._drop_plan(self.plan)
+            return False
+        t1 = time.perf_counter_ns()
+        self._scatter()
+        stats.runs += 1
+        stats.run_ns += t1 - t0
+        stats.requests += self.rows
+        return True

@@ -46,7 +46,7 @@ class _Reply:
 
 
 def serve_channel(channel_name: str, parent_pid: int, *, data_kind: int, error_kind: int, label: str,
-                  on_control, views: bool = False) -> None:
+                  on_control, views: bool = False, on_batch=None) -> None:
     """Serve until ``on_control`` returns False, the parent dies, or it is idle too long.
 
     ``on_control(batch, i, pending, reply)`` handles control record ``i`` of
@@ -57,6 +57,12 @@ def serve_channel(channel_name: str, parent_pid: int, *, data_kind: int, error_k
     ring's receive buffer, valid only until ``on_control`` returns (the loop
     copies whatever is still pending before it pops again).  For a handler
     that keeps nothing it is given: it saves copying every popped batch.
+
+    on_batch: ``on_batch(batch, reply)`` is offered each popped batch first
+    while nothing is pending; True means it served the whole batch (its
+    control records included), False that it did nothing and the loop
+    proceeds as above.  A steady-state shortcut for a caller that can
+    recognise its usual batch as a whole.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ch = Channel.attach(channel_name)
@@ -72,6 +78,8 @@ def serve_channel(channel_name: str, parent_pid: int, *, data_kind: int, error_k
                     return
                 continue
             idle = 0
+            if on_batch is not None and not pending and on_batch(batch, reply):
+                continue
             start = 0
             kept = len(pending)  # pending[:kept] are copies from earlier pops
             for c in np.flatnonzero(batch.headers["kind"] != data_kind).tolist():

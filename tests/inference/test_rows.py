@@ -93,3 +93,23 @@ def test_limits_and_unknown_ops():
         RowProgram([(FILL, DST_BASE, address(a), 0, 0, 0, 0)], [a], 0)
     with pytest.raises(ValueError, match="unknown row op"):
         RowProgram([(99, DST_BASE, address(a), 0, 0, 0, 0)], [a], 1)
+
+
+def test_runner_binds_dst_once_and_checks_each_src():
+    zero, ones = bytes(4), b"\xff" * 4
+    prog = RowProgram([(EQUAL, SRC_BASE, 0, 4, address(zero), 0, 4),
+                       (FILL, DST_BASE, address(ones), 0, 0, 4, 4)], [zero, ones], 5)
+    with pytest.raises(ValueError, match="dst buffer"):
+        prog.runner(np.zeros((4, 4), np.uint8))
+    dst = np.zeros((5, 4), np.uint8)
+    run = prog.runner(dst)
+    src = np.zeros((5, 4), np.uint8)
+    src[2, 0] = 7
+    assert run(src) == 2 and not dst.any()
+    with pytest.raises(ValueError, match="src buffer"):
+        run(np.zeros((4, 4), np.uint8))
+    src[2, 0] = 0
+    assert run(src) == 5 and (dst == 255).all()
+    del prog  # the runner keeps the program (its op table) and dst alive
+    dst[:] = 0
+    assert run(src) == 5 and (dst == 255).all()

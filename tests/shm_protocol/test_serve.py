@@ -74,3 +74,47 @@ def test_record_batch_copy_owns_its_arrays():
     b.payload[:] = 0
     b.headers["seq"] = 99
     assert c != b and np.array_equal(c.headers["seq"], [0, 1, 2])
+
+
+def test_on_batch_serves_whole_batches_only_while_nothing_is_pending():
+    """on_batch sees each popped batch first while nothing is pending; what it
+    takes never reaches on_control, what it declines is served as usual."""
+    ch = Channel.create(capacity_bytes=1 << 16, max_record_bytes=1 << 12)
+    offered, seen = [], []
+    SHORT = 14  # a batch on_batch takes: one SHORT record alone
+
+    def on_batch(batch, reply):
+        offered.append([int(k) for k in batch.headers["kind"]])
+        return len(batch) == 1 and int(batch.headers["kind"][0]) == SHORT
+
+    def on_control(batch, c, pending, reply):
+        kind = int(batch.headers[c]["kind"])
+        if kind == STOP:
+            return False
+        seen.append((kind, [int(h["seq"]) for p in pending for h in p.headers]))
+        pending.clear()
+        return True
+
+    def produce():
+        ch.send.push_batch(_batch([Record(SHORT, b"")]), timeout_s=5)
+        _wait_popped(ch, 1)
+        ch.send.push_batch(_batch(_data(1, 2)), timeout_s=5)  # declined, then pending
+        _wait_popped(ch, 3)
+        ch.send.push_batch(_batch([Record(SHORT, b"")]), timeout_s=5)  # pending: not offered, a control record
+        _wait_popped(ch, 4)
+        ch.send.push_batch(_batch([Record(SHORT, b"")]), timeout_s=5)  # offered and taken again
+        _wait_popped(ch, 5)
+        ch.send.push_batch(_batch([Record(STOP, b"")]), timeout_s=5)
+
+    old = signal.getsignal(signal.SIGINT)
+    t = threading.Thread(target=produce)
+    t.start()
+    try:
+        serve_channel(ch.name, os.getppid(), data_kind=DATA, error_kind=ERROR, label="test", on_control=on_control,
+                      views=True, on_batch=on_batch)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        t.join(10)
+        ch.close()
+    assert offered == [[SHORT], [DATA, DATA], [SHORT], [STOP]]
+    assert seen == [(SHORT, [0, 1])]
