@@ -42,6 +42,7 @@ from ._abi import ABI_VERSION, IMPORTS, AgentLoadError, I32, I64, check_module
 from ._messages import (
     CHUNK_AGENTS,
     INIT_TICK,
+    K_DONE,
     K_FUEL,
     K_HALT,
     K_INFER,
@@ -899,8 +900,9 @@ class GroupHost:
         self._set_status(a, AgentStatus.QUARANTINED)
         self._emit(K_TRAP, a, 0, int(code).to_bytes(4, "little") + detail.encode("utf-8", "replace"))
 
-    def _take_outputs(self, tick: int, stage: int, fuel_ids, fuel_used) -> RecordBatch:
-        """The buffered outputs, then the stage's K_FUEL records, as one batch.
+    def _take_outputs(self, tick: int, stage: int, fuel_ids, fuel_used, done: bool = False) -> RecordBatch:
+        """The buffered outputs, then the stage's K_FUEL records (then, if
+        ``done``, K_DONE(tick, flags=stage)), as one batch.
 
         The same records as ``concat([outputs, _chunked(K_FUEL, ...)])``, written
         straight into one header array and one payload array: building and
@@ -913,7 +915,7 @@ class GroupHost:
         n_chunks = -(-n_fuel // CHUNK_AGENTS)
         out_bytes = c.out_used if self.fast else sum(len(r[4]) for r in out)
         fuel_bytes = n_fuel * FUEL_DTYPE.itemsize
-        headers = np.empty(n_out + n_chunks, RECORD_DTYPE)
+        headers = np.empty(n_out + n_chunks + done, RECORD_DTYPE)
         payload = np.empty(out_bytes + fuel_bytes, np.uint8)
         if self.fast:
             if n_out:
@@ -940,6 +942,8 @@ class GroupHost:
                 headers[n_out + k] = (K_FUEL, stage, min(CHUNK_AGENTS, n_fuel - first) * FUEL_DTYPE.itemsize,
                                       0, 0, tick, k, 0)
         headers["tick"][:n_out] = tick
+        if done:
+            headers[-1] = (K_DONE, stage, 0, 0, 0, tick, 0, 0)
         # Consistent by construction: each header's payload_len is its payload's.
         return RecordBatch._trusted(headers, payload)
 
@@ -954,11 +958,13 @@ class GroupHost:
             self._emit(K_PUBLISH, a, 0, a.pub)
             a.pub = None
 
-    def run_stage(self, tick: int, stage: int, deliveries: RecordBatch) -> RecordBatch:
+    def run_stage(self, tick: int, stage: int, deliveries: RecordBatch, *, done: bool = False) -> RecordBatch:
         """Step every running agent of ``stage``; return their outputs (+ a K_FUEL record).
 
         ``deliveries`` must be sorted by (destination, source, seq) — the
         canonical inbox order — and address only this group's agents.
+        done: also end the batch with K_DONE(tick, flags=stage): the group
+        process's whole reply, built in one piece.
         """
         if tick < 0 or tick >= INIT_TICK:
             raise ValueError(f"bad tick {tick}")
@@ -987,7 +993,7 @@ class GroupHost:
             self._run_reference(agents, lo.tolist(), hi.tolist(), tick, fuel_ids, fuel_used)
         self.cur = None
         self._hctx.cur = _nffi.NULL
-        return self._take_outputs(tick, stage, fuel_ids, fuel_used)
+        return self._take_outputs(tick, stage, fuel_ids, fuel_used, done)
 
     def _run_reference(self, agents, lo, hi, tick, fuel_ids, fuel_used) -> None:
         for i, a in enumerate(agents):

@@ -52,9 +52,8 @@ class _Group:
             # serve_channel pops copies (views=False): the deliveries need none of their own.
             deliveries = RecordBatch.concat(pending, copy=False)
             pending.clear()
-            out = self.host.run_stage(tick, flags, deliveries)
             # One push: every push may cost the supervisor a futex wake-up.
-            reply(RecordBatch.concat([out, RecordBatch.single(K_DONE, tick=tick, flags=flags)]))
+            reply(self.host.run_stage(tick, flags, deliveries, done=True))
         elif kind == K_FINAL:
             reply(RecordBatch.concat([self.host.final_state(), RecordBatch.single(K_DONE)]))
         elif kind == K_SHUTDOWN:
@@ -63,7 +62,22 @@ class _Group:
             raise RuntimeError(f"group received unexpected record kind {kind}")
         return True
 
+    def on_batch(self, batch: RecordBatch, reply) -> bool:
+        """serve_channel's shortcut for the usual popped batch: a stage's
+        deliveries and its K_RUN, all of it (what the supervisor pushes in
+        one piece), served as ``__call__`` would serve it."""
+        h = batch.headers
+        n = len(h) - 1
+        if self.host is None or n < 0 or h["kind"].tobytes() != _DELIVER_KIND * n + _RUN_KIND:
+            return False
+        reply(self.host.run_stage(int(h["tick"][n]), int(h["flags"][n]), batch.slice(0, n), done=True))
+        return True
+
+
+_DELIVER_KIND, _RUN_KIND = K_DELIVER.to_bytes(2, "little"), K_RUN.to_bytes(2, "little")
+
 
 def group_main(channel_name: str, parent_pid: int) -> None:
+    group = _Group()
     serve_channel(channel_name, parent_pid, data_kind=K_DELIVER, error_kind=K_ERROR, label="agent group",
-                  on_control=_Group())
+                  on_control=group, on_batch=group.on_batch)
