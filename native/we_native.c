@@ -700,3 +700,67 @@ int we_gather_records(const uint8_t *src, uint64_t src_len, const int64_t *offse
     }
     return WE_OK;
 }
+
+/* ---- canonical order of record headers ---------------------------------- */
+
+/* A record's sort key as (major, minor): compared major first. */
+static inline void order_key(const we_record_header *h, uint32_t keys, uint64_t *major, uint32_t *minor) {
+    switch (keys) {
+    case WE_ORDER_DEST_SOURCE_SEQ:
+        *major = ((uint64_t)h->destination << 32) | h->source;
+        *minor = h->seq;
+        break;
+    case WE_ORDER_SOURCE_SEQ_FLAGS:
+        *major = ((uint64_t)h->source << 32) | h->seq;
+        *minor = h->flags;
+        break;
+    default:
+        *major = ((uint64_t)h->source << 32) | h->seq;
+        *minor = 0;
+        break;
+    }
+}
+
+static inline int order_less(const we_record_header *hdrs, uint32_t keys, uint32_t a, uint32_t b) {
+    uint64_t ma, mb;
+    uint32_t na, nb;
+    order_key(&hdrs[a], keys, &ma, &na);
+    order_key(&hdrs[b], keys, &mb, &nb);
+    return ma < mb || (ma == mb && na < nb);
+}
+
+int we_records_order(const we_record_header *hdrs, uint32_t n, uint32_t keys,
+                     uint32_t *order, uint32_t *scratch) {
+    if (keys != WE_ORDER_SOURCE_SEQ && keys != WE_ORDER_DEST_SOURCE_SEQ && keys != WE_ORDER_SOURCE_SEQ_FLAGS)
+        return WE_ERR_ARG;
+    uint32_t i = 1;
+    while (i < n && !order_less(hdrs, keys, i, i - 1))
+        i++;
+    if (i >= n)
+        return 0;  /* already in order: the usual case */
+    if (order == NULL || scratch == NULL)
+        return 1;  /* only asked whether */
+    /* Bottom-up merge sort of indices: stable, so equal keys keep their order. */
+    for (uint32_t k = 0; k < n; k++)
+        order[k] = k;
+    uint32_t *src = order, *dst = scratch;
+    for (uint32_t width = 1; width < n; width *= 2) {
+        for (uint32_t lo = 0; lo < n; lo += 2 * width) {
+            uint32_t mid = lo + width < n ? lo + width : n;
+            uint32_t hi = lo + 2 * width < n ? lo + 2 * width : n;
+            uint32_t a = lo, b = mid, o = lo;
+            while (a < mid && b < hi)
+                dst[o++] = order_less(hdrs, keys, src[b], src[a]) ? src[b++] : src[a++];
+            while (a < mid)
+                dst[o++] = src[a++];
+            while (b < hi)
+                dst[o++] = src[b++];
+        }
+        uint32_t *t = src; src = dst; dst = t;
+        if (width > UINT32_MAX / 2)
+            break;
+    }
+    if (src != order)
+        memcpy(order, src, (size_t)n * sizeof(uint32_t));
+    return 1;
+}

@@ -93,6 +93,17 @@ int we_wake_u32(uint8_t *base, uint64_t size, uint64_t off, int32_t count);
 
 uint32_t we_record_check(const we_record_header *hdr, const uint8_t *payload);
 
+/* Canonical orders of record headers (the supervisor's sort keys). */
+#define WE_ORDER_SOURCE_SEQ 1        /* (source, seq) */
+#define WE_ORDER_DEST_SOURCE_SEQ 2   /* (destination, source, seq) */
+#define WE_ORDER_SOURCE_SEQ_FLAGS 3  /* (source, seq, flags) */
+/* 0: hdrs[0..n) are already in that order (order untouched); 1: order[0..n)
+ * holds the stable sorting permutation (what numpy's lexsort gives);
+ * WE_ERR_ARG: unknown key set. scratch: n entries of workspace. With order
+ * or scratch NULL it only checks: 0 in order, 1 not. */
+int we_records_order(const we_record_header *hdrs, uint32_t n, uint32_t keys,
+                     uint32_t *order, uint32_t *scratch);
+
 int we_ring_init(uint8_t *base, uint64_t size, uint64_t ring_off,
                  uint64_t capacity_bytes, uint32_t max_record_bytes, uint32_t ring_id);
 int we_ring_validate(const uint8_t *base, uint64_t size, uint64_t ring_off,

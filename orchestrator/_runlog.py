@@ -38,7 +38,17 @@ DIGEST_FUNCTION = "blake3-derive-key"
 
 def new_digest(purpose: str):
     """A fresh 32-byte digest for ``purpose`` ("run hash", "tick records", ...)."""
-    return blake3.blake3(derive_key_context=DIGEST_CONTEXT_PREFIX + purpose)
+    # Deriving the key from the context string is itself a hash: done once per
+    # purpose, then copied (a few per tick).
+    fresh = _FRESH.get(purpose)
+    if fresh is None:
+        if len(_FRESH) >= 64:
+            _FRESH.clear()
+        fresh = _FRESH[purpose] = blake3.blake3(derive_key_context=DIGEST_CONTEXT_PREFIX + purpose)
+    return fresh.copy()
+
+
+_FRESH: dict[str, object] = {}
 
 
 def _headers_unchecked(batch: RecordBatch) -> np.ndarray:

@@ -257,6 +257,29 @@ def test_native_take_matches_numpy_reference(sizes, data):
     assert fast == ref and fast.records() == [recs[i] for i in idx]
 
 
+_FIELD = st.integers(0, 3) | st.integers(0, 2**32 - 1)  # few distinct values (ties) or many
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(_FIELD, _FIELD, _FIELD, st.integers(0, 3), st.integers(0, 4)), max_size=70),
+       presorted=st.booleans())
+@pytest.mark.parametrize("keys", [("source", "seq"), ("destination", "source", "seq"), ("source", "seq", "flags")])
+def test_native_canonical_order_matches_lexsort(keys, rows, presorted):
+    recs = [Record(1, bytes([i & 0xFF]) * n, source=src, destination=dst, seq=seq, flags=flags)
+            for i, (src, dst, seq, flags, n) in enumerate(rows)]
+    b = RecordBatch.from_records(recs)
+    if presorted:
+        b = b.sorted_by_reference(keys)
+    fast, ref = b.sorted_by(keys), b.sorted_by_reference(keys)
+    assert fast.headers.tobytes() == ref.headers.tobytes() and fast.payload.tobytes() == ref.payload.tobytes()
+    assert (fast is b) == (ref is b)  # a batch already in order is returned itself, not copied
+
+
+def test_sorted_by_other_keys_uses_lexsort():
+    b = RecordBatch.from_records([Record(1, b"a", tick=2), Record(1, b"b", tick=1)])
+    assert [r.payload for r in b.sorted_by(("tick",)).records()] == [b"b", b"a"]
+
+
 def _batch_of(sizes, kind_base=1):
     recs = [Record(kind_base + i % 5, bytes((i * 7 + j) & 0xFF for j in range(n)), source=i % 3,
                    destination=i, tick=i * 11, seq=i, flags=i % 2) for i, n in enumerate(sizes)]
