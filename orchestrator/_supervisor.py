@@ -312,7 +312,7 @@ class Supervisor:
                 _runlog.hash_records(inputs_digest, deliveries)
                 # 1-2. deliver + run, every group at once
                 if self.n_groups == 1:
-                    bounds = np.array([0, len(deliveries)])
+                    bounds = (0, len(deliveries))
                 elif len(deliveries):
                     by_group = self.group_of[deliveries.headers["destination"].astype(np.int64)]
                     order = np.argsort(by_group, kind="stable")
@@ -418,6 +418,11 @@ class Supervisor:
             cands = _sort(RecordBatch.concat([older, fresh], copy=False), ("source", "seq"))
         if not len(cands):
             return cands, cands, cands, remaining
+        if budget_per_tick <= 0 or len(cands) <= remaining:
+            # Unlimited, or room for all: what admit() would say, without asking it.
+            if budget_per_tick > 0:
+                remaining -= len(cands)
+            return cands, RecordBatch.empty(), RecordBatch.empty(), remaining
         if budget_per_tick > 0 and remaining <= 0:
             # The tick's budget is spent (by an earlier stage): admit none.
             # (admit() reads a budget of 0 as unlimited.)
@@ -490,10 +495,12 @@ def _split_fuel(outs: RecordBatch, kinds: np.ndarray, n_fuel: int) -> tuple[Reco
     if not n_fuel:
         return outs, np.zeros(0, FUEL_DTYPE)
     keep = len(outs) - n_fuel
-    tail = kinds[keep:]
-    if tail.min() == K_FUEL == tail.max():  # the tail holds all n_fuel of them
+    if kinds[keep:].tobytes() == _FUEL_KIND * n_fuel:  # the tail holds all n_fuel of them
         return outs.slice(0, keep), np.frombuffer(outs.payload[outs.offsets[keep]:], FUEL_DTYPE)
     return outs.take(np.flatnonzero(kinds != K_FUEL)), unchunk(outs, K_FUEL, FUEL_DTYPE)
+
+
+_FUEL_KIND = K_FUEL.to_bytes(2, "little")
 
 
 def _pick(batch: RecordBatch, mask: np.ndarray | None, count: int) -> RecordBatch:
