@@ -54,7 +54,7 @@ _FRESH: dict[str, object] = {}
 def _headers_unchecked(batch: RecordBatch) -> np.ndarray:
     """The headers with the transport's check field zeroed (copied only if some is not)."""
     hd = batch.headers
-    if hd["check"].any():
+    if np.count_nonzero(hd["check"]):  # (no Python wrapper, unlike .any())
         hd = hd.copy()
         hd["check"] = 0
     return hd
@@ -86,6 +86,9 @@ def decode_records(data) -> RecordBatch:
     return RecordBatch(headers, np.frombuffer(data[end:], np.uint8).copy())
 
 
+_U32 = np.dtype("<u4")
+
+
 def tick_sections(records: RecordBatch, fuel: np.ndarray, status: np.ndarray, inputs_digest: bytes,
                   final: np.ndarray | None, inference: RecordBatch | None = None, *,
                   encode: bool = True) -> tuple[dict[int, bytes], bytes]:
@@ -95,8 +98,8 @@ def tick_sections(records: RecordBatch, fuel: np.ndarray, status: np.ndarray, in
     sections (records, inference results) are not built; the records are
     hashed piece by piece instead, which gives the same digest.
     """
-    fuel_b = fuel.astype("<u4").tobytes()
-    status_b = status.astype(np.uint8).tobytes()
+    fuel_b = (fuel if fuel.dtype == _U32 else fuel.astype(_U32)).tobytes()
+    status_b = (status if status.dtype == np.uint8 else status.astype(np.uint8)).tobytes()
     rd = new_digest("tick records")
     if encode:
         rec = encode_records(records)

@@ -448,16 +448,8 @@ class Supervisor:
         payload = u64 request id (the agent's seq) + u32 status + u32 zero + result bytes."""
         if not len(results):
             return
-        h = results.headers
-        prefix = np.zeros((len(results), 16), np.uint8)
-        prefix[:, 0:8] = h["seq"].astype("<u8").view(np.uint8).reshape(-1, 8)
-        prefix[:, 8:12] = h["flags"].astype("<u4").view(np.uint8).reshape(-1, 4)
-        msgs = results.with_prefix(prefix)
+        msgs = _result_messages(results, tick)
         mh = msgs.headers
-        mh["kind"] = K_DELIVER
-        mh["flags"] = 0
-        mh["source"] = INFERENCE_SENDER
-        mh["tick"] = tick
         if len(self.stages) == 1:
             pending.setdefault((tick, self.stages[0]), []).append(msgs)
             return
@@ -501,6 +493,50 @@ def _split_fuel(outs: RecordBatch, kinds: np.ndarray, n_fuel: int) -> tuple[Reco
 
 
 _FUEL_KIND = K_FUEL.to_bytes(2, "little")
+
+
+def _result_messages(results: RecordBatch, tick: int) -> RecordBatch:
+    """Inference results as K_DELIVER records from INFERENCE_SENDER at ``tick``
+    (docs/ABI.md): each payload behind u64 request id (the agent's seq),
+    u32 status (the result's flags), u32 zero."""
+    h = results.headers
+    n = len(h)
+    lens = h["payload_len"]
+    size = int(lens[0])
+    if lens.tobytes() == lens[:1].tobytes() * n:  # every result one length (the usual tick): one row per message
+        rows = np.empty(n, _envelope(size))
+        rows["id"] = h["seq"]
+        rows["status"] = h["flags"]
+        rows["zero"] = 0
+        rows["body"] = results.payload.reshape(n, size)
+        payload = rows.view(np.uint8)
+    else:
+        prefix = np.zeros((n, 16), np.uint8)
+        prefix[:, 0:8] = h["seq"].astype("<u8").view(np.uint8).reshape(-1, 8)
+        prefix[:, 8:12] = h["flags"].astype("<u4").view(np.uint8).reshape(-1, 4)
+        payload = results.with_prefix(prefix).payload
+    headers = np.zeros(n, RECORD_DTYPE)
+    headers["kind"] = K_DELIVER
+    headers["payload_len"] = lens + 16
+    headers["source"] = INFERENCE_SENDER
+    headers["destination"] = h["destination"]
+    headers["tick"] = tick
+    headers["seq"] = h["seq"]
+    return RecordBatch._trusted(headers, payload)
+
+
+def _envelope(size: int) -> np.dtype:
+    """One result message's payload as a record: 16-byte envelope, then ``size`` bytes."""
+    dt = _ENVELOPES.get(size)
+    if dt is None:
+        if len(_ENVELOPES) >= 64:
+            _ENVELOPES.clear()
+        dt = _ENVELOPES[size] = np.dtype([("id", "<u8"), ("status", "<u4"), ("zero", "<u4"),
+                                          ("body", np.uint8, (size,))])
+    return dt
+
+
+_ENVELOPES: dict[int, np.dtype] = {}
 
 
 def _pick(batch: RecordBatch, mask: np.ndarray | None, count: int) -> RecordBatch:
