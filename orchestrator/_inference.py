@@ -111,7 +111,7 @@ class ProcessInference(_ChildProcess):
         return decode_model_stats(done.payload_of(0), int(done.headers["flags"][0]), len(self.info))
 
     def submit(self, tick: int, requests: RecordBatch) -> None:
-        out = RecordBatch.concat([requests, RecordBatch.single(K_INF_EXECUTE, tick=tick)])  # a copy
+        out = requests.then(K_INF_EXECUTE, tick=tick)  # headers copied, the payload shared: push copies it
         out.headers["kind"][:len(requests)] = K_INF_REQUEST
         self._push(out)
 

@@ -84,7 +84,7 @@ class ProcessLink(_ChildProcess):
 
     def run_stage(self, tick: int, stage: int, deliveries: RecordBatch) -> None:
         # One push: every push may cost the peer a futex wake-up.
-        self._push(RecordBatch.concat([deliveries, RecordBatch.single(K_RUN, tick=tick, flags=stage)]))
+        self._push(deliveries.then(K_RUN, tick=tick, flags=stage))
 
     def request_final(self) -> None:
         self._one(K_FINAL)

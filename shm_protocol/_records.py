@@ -92,6 +92,20 @@ class RecordBatch:
         headers[0] = (kind, flags, len(payload), 0, 0, tick, 0, 0)
         return cls._trusted(headers, np.frombuffer(payload, np.uint8).copy())
 
+    def then(self, kind: int, *, tick: int = 0, flags: int = 0) -> "RecordBatch":
+        """These records followed by one control record without payload
+        (source, destination and seq 0): ``concat([self, single(kind, ...)])``
+        built as one header array, sharing this batch's payload array (for
+        a batch about to be pushed, which copies it)."""
+        if not KIND_MIN <= kind <= KIND_MAX:
+            raise ValueError(f"record kind {kind} outside [{KIND_MIN}, {KIND_MAX}]")
+        n = len(self.headers)
+        raw = np.empty(n + 1, _RAW_HEADER)
+        raw[:n] = self.headers.view(_RAW_HEADER)
+        headers = raw.view(RECORD_DTYPE)
+        headers[n] = (kind, flags, 0, 0, 0, tick, 0, 0)
+        return RecordBatch._trusted(headers, self.payload)
+
     @classmethod
     def from_records(cls, records) -> "RecordBatch":
         records = list(records)

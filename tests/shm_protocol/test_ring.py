@@ -536,3 +536,16 @@ def test_exchange_read_cache_across_wraps_and_a_full_ring(latency_path):
             assert peer.recv.pop(timeout_s=0).payload == big
         finally:
             peer.close()
+
+
+@pytest.mark.parametrize("n", [0, 1, 5])
+def test_then_appends_one_control_record(n):
+    b = RecordBatch.from_records([Record(3, bytes([i]) * i, source=i, destination=9, tick=4, seq=i, flags=1)
+                                  for i in range(n)])
+    got = b.then(7, tick=2**40 + 3, flags=5)
+    want = RecordBatch.concat([b, RecordBatch.single(7, tick=2**40 + 3, flags=5)])
+    assert got.headers.tobytes() == want.headers.tobytes() and got.payload.tobytes() == want.payload.tobytes()
+    got.headers["kind"][:n] = 8  # its own header array: the batch it came from is unchanged
+    assert (b.headers["kind"] == 3).all()
+    with pytest.raises(ValueError, match="outside"):
+        b.then(0)
