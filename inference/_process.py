@@ -311,19 +311,20 @@ class _FastTick:
             return None
         return cls(engine, last, serve, payload)
 
-    def __call__(self, batch: RecordBatch, reply) -> bool:
-        """Serve ``batch`` whole (True), or do nothing that matters (False)."""
+    def __call__(self, batch: RecordBatch) -> RecordBatch | None:
+        """The whole reply to ``batch``, or None (nothing done that matters).
+
+        The reply's arrays are this object's: valid until the next call (the
+        ring copies them when they are pushed)."""
         h, n = batch.headers, self.n
         if len(h) != n + 1 or batch.payload.size != self.request_bytes:
-            return False
+            return None
         if self._tail(h) != 1 or self._check(h) != n or not self._serve(batch.payload):
-            return False
+            return None
         payload = self._payload
         for s, off in self._stats:
             _STATS_ENTRY.pack_into(payload, off, s.requests, s.runs, s.run_ns)
-        # The ring copies them: these arrays serve the next tick again.
-        reply(RecordBatch._trusted(self._out, payload))
-        return True
+        return RecordBatch._trusted(self._out, payload)
 
 
 class _Server:
@@ -340,12 +341,15 @@ class _Server:
         if fast is None:
             return False
         try:
-            if fast(batch, reply):
-                return True
+            out = fast(batch)
         except Exception:  # noqa: BLE001 - a bug in the shortcut: the general path still serves the tick
             LOGGER.exception("internal error in the inference process's steady-state path; using the general path")
-        self._fast = None  # the general path serves this batch, and decides on the next shortcut
-        return False
+            out = None
+        if out is None:
+            self._fast = None  # the general path serves this batch, and decides on the next shortcut
+            return False
+        reply(out)  # outside the try: a failed push is the loop's to report, never a reason to serve twice
+        return True
 
     def _next_fast(self) -> None:
         """After a tick served by execute_batch: the shortcut for ticks like it, if it took the plan path."""
