@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import time
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -734,17 +733,11 @@ class PlanTick:
         model = self.model
         if model._plans.get(self._key) is not self.plan or self._gather(payloads) != self.rows:
             return False
-        stats, t0 = self._stats, time.perf_counter_ns()
         try:
-            self._run(self._binding)
+            timed_run(self._stats, self._run, self._binding)
         except Exception:  # noqa: BLE001 - the numpy path runs the model again and reports any error
-            stats.runs += 1
-            stats.run_ns += time.perf_counter_ns() - t0
             model._drop_plan(self.plan)
             return False
-        t1 = time.perf_counter_ns()
         self._scatter()
-        stats.runs += 1
-        stats.run_ns += t1 - t0
-        stats.requests += self.rows
+        self._stats.requests += self.rows
         return True

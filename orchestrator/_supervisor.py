@@ -308,7 +308,7 @@ class Supervisor:
                 self._deliver_results(inf_results, tick, pending)
             for stage in self.stages:
                 deliveries = RecordBatch.concat(pending.pop((tick, stage), []), copy=False)
-                deliveries = _sort(deliveries, ("destination", "source", "seq"))
+                deliveries = deliveries.sorted_by(("destination", "source", "seq"))
                 _runlog.hash_records(inputs_digest, deliveries)
                 # 1-2. deliver + run, every group at once
                 if self.n_groups == 1:
@@ -332,7 +332,7 @@ class Supervisor:
                 fuel[f["agent"]] += f["fuel"]
                 stats["agent_steps"] += len(f)
                 outs.headers["check"] = 0
-                outs = _sort(outs, ("source", "seq"))
+                outs = outs.sorted_by(("source", "seq"))
                 h = outs.headers
                 if n_of[K_TRAP]:
                     status[h["source"][h["kind"] == K_TRAP]] = AgentStatus.QUARANTINED
@@ -365,12 +365,12 @@ class Supervisor:
             # (one stage's admitted requests are in canonical order already)
             requests = RecordBatch.concat(tick_requests, copy=False)
             if len(tick_requests) > 1:
-                requests = _sort(requests, ("source", "seq"))
+                requests = requests.sorted_by(("source", "seq"))
             if len(requests) and tick + latency < sc.ticks:
                 self.inference.submit(tick, requests)
                 submitted.add(tick)
                 stats["inference_requests"] += len(requests)
-            records = _sort(RecordBatch.concat(logged, copy=False), ("source", "seq", "flags"))
+            records = RecordBatch.concat(logged, copy=False).sorted_by(("source", "seq", "flags"))
             final = None
             if tick == sc.ticks - 1:
                 final = self._final_states(links)
@@ -415,7 +415,7 @@ class Supervisor:
         if older is None:
             cands = fresh  # a stage's outputs, already in canonical order
         else:
-            cands = _sort(RecordBatch.concat([older, fresh], copy=False), ("source", "seq"))
+            cands = RecordBatch.concat([older, fresh], copy=False).sorted_by(("source", "seq"))
         if not len(cands):
             return cands, cands, cands, remaining
         if budget_per_tick <= 0 or len(cands) <= remaining:
@@ -567,8 +567,3 @@ def _flagged(parts) -> RecordBatch:
             flags[start:start + len(b)] = flag
         start += len(b)
     return out
-
-
-def _sort(batch: RecordBatch, keys: tuple[str, ...]) -> RecordBatch:
-    # Usually already in order (one group's outputs are): one native check, no copy.
-    return batch.sorted_by(keys)
