@@ -282,7 +282,8 @@ class _FastTick:
     for run_plan, the counters of a bound run that failed).
     """
 
-    __slots__ = ("last", "n", "request_bytes", "_check", "_tail", "_serve", "_stats", "_out", "_payload")
+    __slots__ = ("last", "n", "request_bytes", "_check", "_tail", "_serve", "_stats", "_out", "_payload", "_programs",
+                 "step")
 
     def __init__(self, engine, last: _Tick, serve, payload: np.ndarray) -> None:
         n, step, fields = last.program.rows, RECORD_DTYPE.itemsize, RECORD_DTYPE.fields
@@ -291,16 +292,17 @@ class _FastTick:
         out = np.zeros(n + 1, RECORD_DTYPE)
         out[n] = (K_INF_DONE, MODEL_STATS_VERSION, last.stats_bytes, 0, 0, 0, 0, 0)
         ops, keep = _reply_ops(last.width, last.model, last.size)
-        self._check = RowProgram([(EQUAL, SRC_BASE, fields["kind"][1], step, address(kinds), 0, 2)] + ops,
-                                 keep + [kinds], n).runner(out)
+        check = RowProgram([(EQUAL, SRC_BASE, fields["kind"][1], step, address(kinds), 0, 2)] + ops, keep + [kinds], n)
         # Row n: K_INF_EXECUTE without payload; its tick becomes K_INF_DONE's.
         t = n * step
-        self._tail = RowProgram([(EQUAL, SRC_BASE, t + fields["kind"][1], 0, address(kinds) + 2, 0, 2),
-                                 (EQUAL, SRC_BASE, t + fields["payload_len"][1], 0, address(zero), 0, 4),
-                                 (COPY, SRC_BASE | DST_BASE, t + fields["tick"][1], 0, t + fields["tick"][1], 0, 8)],
-                                [kinds, zero], 1).runner(out)
+        tail = RowProgram([(EQUAL, SRC_BASE, t + fields["kind"][1], 0, address(kinds) + 2, 0, 2),
+                           (EQUAL, SRC_BASE, t + fields["payload_len"][1], 0, address(zero), 0, 4),
+                           (COPY, SRC_BASE | DST_BASE, t + fields["tick"][1], 0, t + fields["tick"][1], 0, 8)],
+                          [kinds, zero], 1)
+        self._check, self._tail, self._programs = check.runner(out), tail.runner(out), (tail, check)
         self._out, self._payload = out, payload
         self._stats = [(s, n * last.width + i * _STATS_ENTRY.size) for i, s in enumerate(engine.stats)]
+        self.step = None  # the ServeStep of steady(), bound on first use
 
     @classmethod
     def build(cls, engine, last: _Tick, max_result: int) -> "_FastTick | None":
@@ -326,6 +328,32 @@ class _FastTick:
             _STATS_ENTRY.pack_into(payload, off, s.requests, s.runs, s.run_ns)
         return RecordBatch._trusted(self._out, payload)
 
+    def bind(self, reply) -> None:
+        """The ServeStep that serves ticks like this one in native calls
+        (reply: serve_channel's): after each model run, write the results,
+        push the reply, pop the next batch and, if it is this shape, check it
+        and gather it into the model's inputs -- the work __call__ does in
+        Python, in one call."""
+        step = reply.steady_step(self._out, self._payload, expect_records=self.n + 1,
+                                 expect_payload_bytes=self.request_bytes)
+        tail, check = self._programs
+        scatter, gather = self._serve.calls(step.received_payload)
+        step.set_calls(before=[scatter], after=[tail.bind(step.received_headers, self._out),
+                                               check.bind(step.received_headers, self._out), gather])
+        self.step = step
+
+    def steady(self) -> RecordBatch:
+        """After __call__ served a batch: push its reply and serve every
+        following batch of the same shape, until one that is not (or none
+        within the step's timeout) is popped; that batch (views) is returned,
+        unserved.  The same bytes as __call__ would send for each."""
+        step, serve, payload, stats = self.step, self._serve, self._payload, self._stats
+        while True:
+            if step() or not serve.run():
+                return step.popped()
+            for s, off in stats:
+                _STATS_ENTRY.pack_into(payload, off, s.requests, s.runs, s.run_ns)
+
 
 class _Server:
     """Control-record handler of the inference process (see serve_channel)."""
@@ -334,6 +362,7 @@ class _Server:
         self.engine = None
         self.max_result = 0
         self._fast: _FastTick | None = None
+        self._limit: int | None = None
 
     def on_batch(self, batch: RecordBatch, reply) -> bool:
         """serve_channel's shortcut: the steady-state tick (see _FastTick)."""
@@ -348,8 +377,25 @@ class _Server:
         if out is None:
             self._fast = None  # the general path serves this batch, and decides on the next shortcut
             return False
-        reply(out)  # outside the try: a failed push is the loop's to report, never a reason to serve twice
-        return True
+        # From here on outside the safety net: a failed push or pop is the loop's to report, never
+        # a reason to serve a batch twice.
+        if fast.step is None:
+            try:
+                fast.bind(reply)
+            except Exception:  # noqa: BLE001 - a bug in binding: this shortcut still serves, one tick at a time
+                LOGGER.exception("internal error binding the inference process's steady step; replying per tick")
+                fast.step = False
+        if fast.step is False:
+            reply(out)
+            return True
+        return fast.steady()
+
+    def batch_limit(self) -> int | None:
+        """serve_channel's pop limit: the records of one usual tick (the last
+        shortcut's), so that ticks queued together are popped one by one and
+        the shortcut can take them (and take over again after an odd tick).
+        A tick of another size merely takes more than one pop."""
+        return self._limit
 
     def _next_fast(self) -> None:
         """After a tick served by execute_batch: the shortcut for ticks like it, if it took the plan path."""
@@ -358,6 +404,8 @@ class _Server:
             self._fast = None
         elif self._fast is None or self._fast.last is not last:
             self._fast = _FastTick.build(self.engine, last, self.max_result)
+            if self._fast is not None:
+                self._limit = self._fast.n + 1
 
     def __call__(self, batch: RecordBatch, c: int, pending: list[RecordBatch], reply) -> bool:
         kind, tick = int(batch.headers[c]["kind"]), int(batch.headers[c]["tick"])
@@ -391,4 +439,5 @@ def inference_main(channel_name: str, parent_pid: int) -> None:
     # _Server keeps nothing it is given (execute_batch builds replies in arrays of their own).
     server = _Server()
     serve_channel(channel_name, parent_pid, data_kind=K_INF_REQUEST, error_kind=K_INF_ERROR,
-                  label="the inference process", on_control=server, views=True, on_batch=server.on_batch)
+                  label="the inference process", on_control=server, views=True, on_batch=server.on_batch,
+                  batch_limit=server.batch_limit)

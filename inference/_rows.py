@@ -126,6 +126,36 @@ class RowProgram:
         return run_src
 
 
+    def bind(self, src: np.ndarray | None = None, dst: np.ndarray | None = None) -> "BoundCall":
+        """This program over these base buffers (contiguous; dst writable,
+        each at least as large as the program needs), as one native
+        ``we_rows_call``: for a ServeStep, which runs it in C every tick."""
+        s = _EMPTY if src is None else ffi.from_buffer("uint8_t[]", src)
+        d = _EMPTY if dst is None else ffi.from_buffer("uint8_t[]", dst, require_writable=True)
+        if len(s) < self._src_bytes or len(d) < self._dst_bytes:
+            raise ValueError(f"row program base buffers: need {self._src_bytes} and {self._dst_bytes} bytes, "
+                             f"got {len(s)} and {len(d)}")
+        call = ffi.new("we_rows_call *")
+        call.ops, call.n_ops, call.rows = self._ptr, self._n_ops, self.rows
+        call.src_base, call.dst_base = s, d
+        return BoundCall(call, (self, s, d, src, dst))
+
+
+class BoundCall:
+    """A row program bound to its base buffers (RowProgram.bind): ``native``
+    is the ``we_rows_call``; what it points into is held here."""
+
+    __slots__ = ("native", "_keep")
+
+    def __init__(self, native, keep) -> None:
+        self.native, self._keep = native, keep
+
+    def __call__(self) -> int:
+        """Run it once from Python (as a ServeStep would): the first failing row, or rows."""
+        c = self.native
+        return lib.we_rows_run(c.ops, c.n_ops, c.src_base, c.dst_base, c.rows)
+
+
 _EMPTY = ffi.new("uint8_t[]", 0)  # the base buffer of a program that needs none
 
 

@@ -714,7 +714,7 @@ class PlanTick:
     TensorModel.plan_tick.  Same bytes, counters and fallbacks as run_plan.
     """
 
-    __slots__ = ("model", "plan", "rows", "size", "_key", "_gather", "_scatter", "_run", "_binding", "_stats")
+    __slots__ = ("model", "plan", "rows", "size", "_key", "_gather", "_scatter", "_run", "_binding", "_stats", "_out")
 
     def __init__(self, model: TensorModel, plan: _Plan, out: np.ndarray) -> None:
         self.model, self.plan = model, plan
@@ -725,6 +725,24 @@ class PlanTick:
         self._run = model.session.run_with_iobinding
         self._binding = plan.binding
         self._stats = model.stats
+        self._out = out
+
+    def calls(self, requests: np.ndarray):
+        """For a ServeStep: (scatter the results into ``out``, gather from
+        ``requests`` -- a buffer whose first rows * size bytes will hold the
+        payloads) as bound row-program calls; between them, :meth:`run`."""
+        return self.plan.scatter.bind(None, self._out), self.plan.gather.bind(requests, None)
+
+    def run(self) -> bool:
+        """The model over inputs gathered by :meth:`calls`' gather: True; False
+        where the bound run failed (as in __call__; the plan is dropped)."""
+        try:
+            timed_run(self._stats, self._run, self._binding)
+        except Exception:  # noqa: BLE001 - the numpy path runs the model again and reports any error
+            self.model._drop_plan(self.plan)
+            return False
+        self._stats.requests += self.rows
+        return True
 
     def __call__(self, payloads: np.ndarray) -> bool:
         """Serve ``rows`` requests (payloads: rows * size bytes, C-contiguous)

@@ -53,7 +53,7 @@ def _body(name: str) -> str:
 
 ffibuilder.set_source(
     "wasm_engine.native._atomics",
-    "\n".join([_read(h) for h in _HEADERS] + [_body(c) for c in ("we_native.c", "we_host.c", "we_rows.c")]),
+    "\n".join([_body(h) for h in _HEADERS] + [_body(c) for c in ("we_native.c", "we_host.c", "we_rows.c")]),
     extra_compile_args=["-O2", "-std=gnu11", "-fno-strict-aliasing", "-Wall"],
 )
 

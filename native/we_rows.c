@@ -56,3 +56,31 @@ void we_rows_layout(uint64_t out[16]) {
     out[7] = offsetof(we_row_op, dst_stride);
     out[8] = offsetof(we_row_op, bytes);
 }
+
+int we_serve_step(we_serve_ctx *c) {
+    uint32_t n_calls = c->n_before + c->n_after;
+    c->pushed = c->popped = 0;
+    c->used = 0;
+    if (n_calls > WE_SERVE_MAX_CALLS) return WE_ERR_ARG;
+    for (uint32_t k = 0; k < c->n_before; k++) {
+        const we_rows_call *f = &c->calls[k];
+        we_rows_run(f->ops, f->n_ops, f->src_base, f->dst_base, f->rows);
+    }
+    if (c->reply_count) {
+        int rc = we_ring_push(c->out.base, c->out.size, c->out.ring_off, c->reply, c->reply_count,
+                              c->reply_payload, c->reply_payload_bytes, c->timeout_ns, c->out.spin_iters,
+                              &c->pushed, &c->err_off);
+        if (rc == WE_TIMEOUT) return WE_ERR_FULL_TIMEOUT;
+        if (rc) return rc;
+    }
+    int rc = we_ring_pop(c->in.base, c->in.size, c->in.ring_off, c->hdr_out, c->max_count, c->pay_out,
+                         c->pay_cap, c->timeout_ns, c->in.spin_iters, &c->popped, &c->used, &c->err_off);
+    if (rc) return rc;
+    if (c->popped != c->expect_count || c->used != c->expect_payload_bytes) return WE_SERVE_OTHER;
+    for (uint32_t k = c->n_before; k < n_calls; k++) {
+        const we_rows_call *f = &c->calls[k];
+        if (we_rows_run(f->ops, f->n_ops, f->src_base, f->dst_base, f->rows) != (int64_t)f->rows)
+            return WE_SERVE_OTHER;
+    }
+    return WE_OK;
+}

@@ -15,6 +15,8 @@
 
 #include <stdint.h>
 
+#include "we_native.h"
+
 #define WE_ROWS_LAYOUT_VERSION 1
 
 /* Op kinds. */
@@ -48,5 +50,59 @@ int64_t we_rows_run(const we_row_op *ops, uint32_t n_ops, const uint8_t *src_bas
  * out[0] = WE_ROWS_LAYOUT_VERSION, out[1] = sizeof, out[2..8] = offsets of
  * op, flags, src, src_stride, dst, dst_stride, bytes. */
 void we_rows_layout(uint64_t out[16]);
+
+/* A row program bound to its two base buffers (either may be NULL when no
+ * op is base-relative on that side), for we_serve_step. */
+typedef struct {
+    const we_row_op *ops;
+    uint32_t n_ops;
+    uint32_t reserved;
+    const uint8_t *src_base;
+    uint8_t *dst_base;
+    uint64_t rows;
+} we_rows_call;
+
+#define WE_SERVE_MAX_CALLS 4
+#define WE_SERVE_OTHER 2 /* we_serve_step: a batch was popped, but not the steady one */
+
+/* A serving loop's steady tick (docs/PROTOCOL.md "Steady step"): everything
+ * between two model runs of the inference process in one call.
+ *   1. calls[0 .. n_before): e.g. write the results into the reply;
+ *   2. push the reply (reply_count headers, their payloads back to back) to `out`;
+ *   3. pop a batch from `in` into hdr_out / pay_out (waiting up to timeout_ns);
+ *   4. if it has expect_count records and expect_payload_bytes of payload,
+ *      calls[n_before .. n_before + n_after), each of which must pass on all
+ *      its rows: e.g. check the requests and gather them into the inputs.
+ * Returns WE_OK (all four done: the steady batch is ready), WE_SERVE_OTHER (a
+ * batch was popped -- popped, used -- but is not the steady one or failed a
+ * check: the caller serves it), WE_TIMEOUT (reply pushed, nothing arrived),
+ * WE_ERR_FULL_TIMEOUT (only `pushed` records of the reply got room; nothing
+ * popped), or a pop error (err_off as for we_ring_pop). The caller keeps
+ * every buffer alive and large enough for its calls (nothing here checks). */
+typedef struct {
+    we_ring_ref out;
+    we_ring_ref in;
+    const we_record_header *reply;
+    const uint8_t *reply_payload;
+    uint64_t reply_payload_bytes;
+    uint32_t reply_count;
+    uint32_t max_count;            /* hdr_out's capacity, in records */
+    we_record_header *hdr_out;
+    uint8_t *pay_out;
+    uint64_t pay_cap;
+    uint64_t expect_payload_bytes;
+    uint32_t expect_count;
+    uint32_t n_before;
+    uint32_t n_after;
+    uint32_t reserved;
+    we_rows_call calls[4];         /* WE_SERVE_MAX_CALLS */
+    int64_t timeout_ns;
+    uint32_t pushed;
+    uint32_t popped;
+    uint64_t used;
+    uint64_t err_off;
+} we_serve_ctx;
+
+int we_serve_step(we_serve_ctx *c);
 
 #endif

@@ -31,6 +31,7 @@ from ._ring import (
     DEFAULT_TIMEOUT_S as DEFAULT_TIMEOUT_S,
     Channel as Channel,
     Ring as Ring,
+    ServeStep as ServeStep,
     create_ring_segment as create_ring_segment,
 )
 from ._serve import serve_channel as serve_channel
@@ -46,6 +47,6 @@ __all__ = [
     "LAYOUT_VERSION", "LayoutError", "OffsetError", "ProtocolError", "RECORD_DTYPE",
     "RECORD_HEADER_BYTES", "RING_HEADER_BYTES", "Record", "RecordBatch", "RecordTooLargeError",
     "Ring", "RingClosedError", "RingCorruptError", "RingFullError", "SEGMENT_HEADER_BYTES",
-    "SEGMENT_PREFIX", "Segment", "SegmentError", "create_ring_segment", "list_segments",
+    "SEGMENT_PREFIX", "Segment", "SegmentError", "ServeStep", "create_ring_segment", "list_segments",
     "new_segment_name", "serve_channel", "sweep_orphans",
 ]

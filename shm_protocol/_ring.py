@@ -469,3 +469,104 @@ class Channel:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ServeStep:
+    """A serving loop's steady tick in one native call (native ``we_serve_step``;
+    docs/PROTOCOL.md "Steady step").
+
+    Each call: run the ``before`` row-program calls (say, write results into
+    the reply), push the reply -- ``reply_headers`` with ``reply_payload``,
+    arrays this object keeps and the caller rewrites between calls -- on the
+    channel's send ring, pop the next batch into the receive ring's buffers
+    and, when it is the steady batch (``expect_records`` records,
+    ``expect_payload_bytes`` of payload; a pop takes no more records than
+    that), run the ``after`` calls over it
+    (say, check the requests and gather them into a model's inputs), each of
+    which must pass on every row.
+
+    A call is an object whose ``native`` is a cffi ``we_rows_call *`` (a
+    row program bound to base buffers it checked, and keeps alive as long as
+    this object keeps it); :attr:`received_headers`
+    and :attr:`received_payload` are the receive buffers (whole) for the
+    ``after`` calls to read from.  Returns :data:`STEADY` (the steady batch is
+    ready), :data:`OTHER` (a batch arrived that is not: :meth:`popped`) or
+    :data:`TIMEOUT` (nothing within ``timeout_s``; :meth:`popped` is empty).
+    The reply is always pushed in full first: where the ring stays full, in
+    slices of ``timeout_s`` while ``still_there()`` does not raise, as
+    Ring.push_all.  Valid while the channel is open; one thread only.
+    """
+
+    STEADY, TIMEOUT, OTHER = lib.WE_OK, lib.WE_TIMEOUT, lib.WE_SERVE_OTHER
+
+    __slots__ = ("channel", "received_headers", "received_payload", "_ctx", "_step", "_seg", "_reply", "_keep",
+                 "_timeout_s", "_still_there")
+
+    def __init__(self, channel: Channel, reply_headers: np.ndarray, reply_payload: np.ndarray, *,
+                 expect_records: int, expect_payload_bytes: int, timeout_s: float, still_there) -> None:
+        send, recv = channel.send, channel.recv
+        if reply_headers.dtype != RECORD_DTYPE or reply_payload.dtype != np.uint8 \
+                or not (reply_headers.flags.c_contiguous and reply_payload.flags.c_contiguous):
+            raise ValueError("ServeStep: the reply is a contiguous RECORD_DTYPE array and a contiguous uint8 array")
+        if not 0 < expect_records <= len(recv._hdr_out) or not 0 <= expect_payload_bytes <= recv.capacity_bytes:
+            raise ValueError(f"ServeStep: a steady batch of {expect_records} records and {expect_payload_bytes} "
+                             f"payload bytes cannot arrive in one pop")
+        self.channel = channel
+        self.received_headers, self.received_payload = recv._hdr_out, recv._pay_out
+        c = ffi.new("we_serve_ctx *")
+        for name, ring in (("out", send), ("in", recv)):
+            ref = ffi.addressof(c[0], name)
+            ref.base, ref.size, ref.ring_off, ref.spin_iters = ring._base(), ring.segment.size_bytes, ring.offset, \
+                ring.spin_iters
+        self._reply = RecordBatch(reply_headers, reply_payload)  # checks the payload lengths once
+        c.reply = ffi.from_buffer("we_record_header[]", reply_headers)
+        c.reply_payload = ffi.from_buffer("uint8_t[]", reply_payload)
+        c.reply_payload_bytes, c.reply_count = reply_payload.size, len(reply_headers)
+        # At most one steady batch per pop: where several wait in the ring, each is served by a step of its own.
+        c.hdr_out, c.max_count = recv._hdr_ptr, expect_records
+        c.pay_out, c.pay_cap = recv._pay_ptr, recv.capacity_bytes
+        c.expect_count, c.expect_payload_bytes = expect_records, expect_payload_bytes
+        c.timeout_ns = _timeout_ns(timeout_s)
+        self._keep = [c.reply, c.reply_payload]
+        self._ctx, self._step, self._seg = c, lib.we_serve_step, send.segment
+        self._timeout_s, self._still_there = timeout_s, still_there
+
+    def set_calls(self, before=(), after=()) -> None:
+        """The row-program calls run before each push and after each steady pop (see the class doc)."""
+        before, after = list(before), list(after)
+        if len(before) + len(after) > lib.WE_SERVE_MAX_CALLS:
+            raise ValueError(f"ServeStep: at most {lib.WE_SERVE_MAX_CALLS} row-program calls")
+        c = self._ctx
+        for k, call in enumerate(before + after):
+            c.calls[k] = call.native[0]
+        c.n_before, c.n_after = len(before), len(after)
+        self._keep[2:] = before + after
+
+    def __call__(self) -> int:
+        if self._seg._closed:
+            raise RingClosedError(f"channel {self.channel.name}: closed by this process")
+        rc = self._step(self._ctx)
+        return rc if rc == 0 else self._other(rc)
+
+    def _other(self, rc: int) -> int:
+        c = self._ctx
+        if rc == self.OTHER or rc == self.TIMEOUT:
+            return rc
+        if rc == lib.WE_ERR_FULL_TIMEOUT:
+            # The reply did not get room in time: the rest of it the patient way, then a plain pop.
+            rest = self._reply.slice(c.pushed, len(self._reply))
+            self.channel.send.push_all(rest, poll_s=self._timeout_s, still_there=self._still_there)
+            recv = self.channel.recv
+            c.popped = recv._pop(recv._max_batch, self._timeout_s)
+            c.used = recv._used_out[0] if c.popped else 0
+            return self.OTHER if c.popped else self.TIMEOUT
+        # An error of the push (the reply not all in) or else of the pop.
+        ring = self.channel.send if c.pushed < len(self._reply) else self.channel.recv
+        raise_for_status(rc, ring.name, c.err_off)
+        raise AssertionError("unreachable")
+
+    def popped(self) -> RecordBatch:
+        """What the last call popped and did not serve: views of the receive
+        buffers, valid until the next pop on the channel."""
+        c = self._ctx
+        return RecordBatch._trusted(self.received_headers[:c.popped], self.received_payload[:c.used])

@@ -118,3 +118,47 @@ def test_on_batch_serves_whole_batches_only_while_nothing_is_pending():
         ch.close()
     assert offered == [[SHORT], [DATA, DATA], [SHORT], [STOP]]
     assert seen == [(SHORT, [0, 1])]
+
+
+def test_on_batch_may_leave_the_next_batch_and_batch_limit_bounds_each_pop():
+    """A RecordBatch from on_batch is served as if just popped, without being
+    offered again; batch_limit() bounds each pop made while nothing is pending."""
+    ch = Channel.create(capacity_bytes=1 << 16, max_record_bytes=1 << 12)
+    SHORT = 14
+    offered, seen, limits = [], [], []
+
+    def on_batch(batch, reply):
+        offered.append([int(k) for k in batch.headers["kind"]])
+        if [int(k) for k in batch.headers["kind"]] != [SHORT]:
+            return False
+        # Served; now pop on our own, as a steady loop does, and leave what came to the loop.
+        return ch_child.recv.pop_batch(timeout_s=5, copy=False)
+
+    def on_control(batch, c, pending, reply):
+        kind = int(batch.headers[c]["kind"])
+        if kind == STOP:
+            return False
+        seen.append((kind, [int(h["seq"]) for p in pending for h in p.headers]))
+        pending.clear()
+        return True
+
+    def batch_limit():
+        limits.append(1)
+        return 1
+
+    # All queued before the loop starts: the first pop takes one record (the limit), on_batch
+    # takes it and pops the rest itself, which reaches on_control unoffered.
+    ch.send.push_batch(_batch([Record(SHORT, b"")] + _data(1, 2) + [Record(CONTROL, b"")]), timeout_s=5)
+    ch.send.push_batch(_batch([Record(STOP, b"")]), timeout_s=5)
+    ch_child = Channel.attach(ch.name)
+    old = signal.getsignal(signal.SIGINT)
+    try:
+        serve_channel(ch.name, os.getppid(), data_kind=DATA, error_kind=ERROR, label="test", on_control=on_control,
+                      views=True, on_batch=on_batch, batch_limit=batch_limit)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        ch_child.close()
+        ch.close()
+    assert offered == [[SHORT]]  # the leftover (DATA, DATA, CONTROL, STOP) was never offered
+    assert seen == [(CONTROL, [0, 1])]
+    assert limits == [1]  # asked once: the loop popped nothing itself after the leftover
