@@ -280,6 +280,10 @@ class _FastTick:
     Anything else -- or a plan that no longer serves -- is left to the
     general loop, with nothing changed but these scratch arrays (and, as
     for run_plan, the counters of a bound run that failed).
+
+    __call__ serves one such batch from Python; steady() then serves the
+    ones that follow with one native ServeStep call each (the same row
+    programs, run in C) until one is not that shape.
     """
 
     __slots__ = ("last", "n", "request_bytes", "_check", "_tail", "_serve", "_stats", "_out", "_payload", "_programs",

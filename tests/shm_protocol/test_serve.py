@@ -20,6 +20,20 @@ def _data(tag: int, n: int):
     return [Record(DATA, bytes([tag, i]) * (3 + i), seq=i) for i in range(n)]
 
 
+def _recording(seen: list):
+    """An on_control that stops at STOP and records (kind, seqs of the pending records) for the rest."""
+
+    def on_control(batch, c, pending, reply):
+        kind = int(batch.headers[c]["kind"])
+        if kind == STOP:
+            return False
+        seen.append((kind, [int(h["seq"]) for p in pending for h in p.headers]))
+        pending.clear()
+        return True
+
+    return on_control
+
+
 def _wait_popped(ch: Channel, count: int, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while ch.send.stats()["records_popped"] < count:
@@ -87,13 +101,7 @@ def test_on_batch_serves_whole_batches_only_while_nothing_is_pending():
         offered.append([int(k) for k in batch.headers["kind"]])
         return len(batch) == 1 and int(batch.headers["kind"][0]) == SHORT
 
-    def on_control(batch, c, pending, reply):
-        kind = int(batch.headers[c]["kind"])
-        if kind == STOP:
-            return False
-        seen.append((kind, [int(h["seq"]) for p in pending for h in p.headers]))
-        pending.clear()
-        return True
+    on_control = _recording(seen)
 
     def produce():
         ch.send.push_batch(_batch([Record(SHORT, b"")]), timeout_s=5)
@@ -134,13 +142,7 @@ def test_on_batch_may_leave_the_next_batch_and_batch_limit_bounds_each_pop():
         # Served; now pop on our own, as a steady loop does, and leave what came to the loop.
         return ch_child.recv.pop_batch(timeout_s=5, copy=False)
 
-    def on_control(batch, c, pending, reply):
-        kind = int(batch.headers[c]["kind"])
-        if kind == STOP:
-            return False
-        seen.append((kind, [int(h["seq"]) for p in pending for h in p.headers]))
-        pending.clear()
-        return True
+    on_control = _recording(seen)
 
     def batch_limit():
         limits.append(1)
