@@ -79,9 +79,10 @@ class _ChildProcess:
                 e = int(end[0])
                 if e + 1 != len(b):
                     raise GroupFailedError(f"{self.label} sent records after its end marker", self.index)
-                parts.append(b.slice(0, e))
+                body, marker = b.split_last()
+                parts.append(body)
                 # Popped batches are this process's own copies: no need for another.
-                return RecordBatch.concat(parts, copy=False), b.slice(e, e + 1)
+                return RecordBatch.concat(parts, copy=False), marker
             parts.append(b)
 
     def close(self) -> None:

@@ -123,8 +123,13 @@ class ProcessInference(_ChildProcess):
         """
         while tick not in self._ready:
             b = self._pop()
+            done = (b.headers["kind"] == K_INF_DONE).nonzero()[0].tolist()
+            if done == [len(b) - 1] and not self._partial:  # the usual pop: one tick's results, then its marker
+                body, self._last_done = b.split_last()
+                self._ready[int(self._last_done.headers["tick"][0])] = body
+                continue
             start = 0
-            for d in (b.headers["kind"] == K_INF_DONE).nonzero()[0].tolist():
+            for d in done:
                 self._last_done = b.slice(d, d + 1)
                 self._partial.append(b.slice(start, d))
                 self._ready[int(b.headers[d]["tick"])] = RecordBatch.concat(self._partial, copy=False)

@@ -488,7 +488,9 @@ def _split_fuel(outs: RecordBatch, kinds: np.ndarray, n_fuel: int) -> tuple[Reco
         return outs, np.zeros(0, FUEL_DTYPE)
     keep = len(outs) - n_fuel
     if kinds[keep:].tobytes() == _FUEL_KIND * n_fuel:  # the tail holds all n_fuel of them
-        return outs.slice(0, keep), np.frombuffer(outs.payload[outs.offsets[keep]:], FUEL_DTYPE)
+        cut = outs.payload.size - int(outs.headers["payload_len"][keep:].sum())
+        return RecordBatch._trusted(outs.headers[:keep], outs.payload[:cut]), np.frombuffer(outs.payload[cut:],
+                                                                                               FUEL_DTYPE)
     return outs.take(np.flatnonzero(kinds != K_FUEL)), unchunk(outs, K_FUEL, FUEL_DTYPE)
 
 

@@ -186,9 +186,21 @@ class RecordBatch:
 
     def slice(self, lo: int, hi: int) -> "RecordBatch":
         """Records lo..hi-1 as views (no copy): the cheap case of take()."""
+        if lo == 0 and hi == len(self.headers):
+            return self  # all of it: views of itself are itself
         off = self.offsets
         # Views of a consistent batch are consistent: no re-check.
         return RecordBatch._trusted(self.headers[lo:hi], self.payload[off[lo]:off[hi]])
+
+    def split_last(self) -> tuple["RecordBatch", "RecordBatch"]:
+        """(records 0..n-2, record n-1) as views: ``slice(0, n - 1), slice(n - 1, n)``
+        without the offsets (where a batch ends with its end marker)."""
+        h = self.headers
+        n = len(h)
+        if not n:
+            raise IndexError("split_last of an empty batch")
+        cut = self.payload.size - int(h["payload_len"][n - 1])
+        return RecordBatch._trusted(h[:n - 1], self.payload[:cut]), RecordBatch._trusted(h[n - 1:], self.payload[cut:])
 
     def take(self, index: np.ndarray) -> "RecordBatch":
         """Records at ``index`` (any order, repeats allowed, negative counts

@@ -257,6 +257,19 @@ def test_native_take_matches_numpy_reference(sizes, data):
     assert fast == ref and fast.records() == [recs[i] for i in idx]
 
 
+@settings(max_examples=100, deadline=None)
+@given(sizes=st.lists(st.integers(0, 50), min_size=1, max_size=20))
+def test_split_last_and_whole_slices_are_the_slices_they_shortcut(sizes):
+    recs = [Record(1 + i % 5, bytes((i * 3 + j) & 0xFF for j in range(n)), seq=i) for i, n in enumerate(sizes)]
+    b = RecordBatch.from_records(recs)
+    body, last = b.split_last()
+    assert body.records() == recs[:-1] and last.records() == recs[-1:]
+    assert body == b.slice(0, len(b) - 1) and last == b.slice(len(b) - 1, len(b))
+    assert b.slice(0, len(b)).records() == recs
+    with pytest.raises(IndexError):
+        RecordBatch.empty().split_last()
+
+
 _FIELD = st.integers(0, 3) | st.integers(0, 2**32 - 1)  # few distinct values (ties) or many
 
 
