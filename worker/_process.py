@@ -70,7 +70,7 @@ class _Group:
         n = len(h) - 1
         if self.host is None or n < 0 or h["kind"].tobytes() != _DELIVER_KIND * n + _RUN_KIND:
             return False
-        reply(self.host.run_stage(int(h["tick"][n]), int(h["flags"][n]), batch.slice(0, n), done=True))
+        reply(self.host.run_stage(int(h["tick"][n]), int(h["flags"][n]), batch.split_last()[0], done=True))
         return True
 
 
