@@ -125,7 +125,6 @@ class RowProgram:
 
         return run_src
 
-
     def bind(self, src: np.ndarray | None = None, dst: np.ndarray | None = None) -> "BoundCall":
         """This program over these base buffers (contiguous; dst writable,
         each at least as large as the program needs), as one native

@@ -554,7 +554,8 @@ class ServeStep:
             return rc
         if rc == lib.WE_ERR_FULL_TIMEOUT:
             # The reply did not get room in time: the rest of it the patient way, then a plain pop.
-            rest = self._reply.slice(c.pushed, len(self._reply))
+            # (A fresh batch: the caller may have rewritten the headers since the last slice's offsets.)
+            rest = RecordBatch(self._reply.headers, self._reply.payload).slice(c.pushed, len(self._reply))
             self.channel.send.push_all(rest, poll_s=self._timeout_s, still_there=self._still_there)
             recv = self.channel.recv
             c.popped = recv._pop(recv._max_batch, self._timeout_s)
@@ -566,7 +567,8 @@ class ServeStep:
         raise AssertionError("unreachable")
 
     def popped(self) -> RecordBatch:
-        """What the last call popped and did not serve: views of the receive
-        buffers, valid until the next pop on the channel."""
+        """What the last call popped (the steady batch too, for a caller that
+        then declines it): views of the receive buffers, valid until the
+        next pop on the channel."""
         c = self._ctx
         return RecordBatch._trusted(self.received_headers[:c.popped], self.received_payload[:c.used])
