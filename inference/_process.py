@@ -327,10 +327,14 @@ class _FastTick:
             return None
         if self._tail(h) != 1 or self._check(h) != n or not self._serve(batch.payload):
             return None
+        self._pack_stats()
+        return RecordBatch._trusted(self._out, self._payload)
+
+    def _pack_stats(self) -> None:
+        """The models' counters into the reply's K_INF_DONE payload."""
         payload = self._payload
         for s, off in self._stats:
             _STATS_ENTRY.pack_into(payload, off, s.requests, s.runs, s.run_ns)
-        return RecordBatch._trusted(self._out, payload)
 
     def bind(self, reply) -> None:
         """The ServeStep that serves ticks like this one in native calls
@@ -351,12 +355,11 @@ class _FastTick:
         following batch of the same shape, until one that is not (or none
         within the step's timeout) is popped; that batch (views) is returned,
         unserved.  The same bytes as __call__ would send for each."""
-        step, serve, payload, stats = self.step, self._serve, self._payload, self._stats
+        step, run, pack_stats = self.step, self._serve.run, self._pack_stats
         while True:
-            if step() or not serve.run():
+            if step() or not run():
                 return step.popped()
-            for s, off in stats:
-                _STATS_ENTRY.pack_into(payload, off, s.requests, s.runs, s.run_ns)
+            pack_stats()
 
 
 class _Server:

@@ -91,17 +91,18 @@ class RowProgram:
     def run(self, src: np.ndarray | None = None, dst: np.ndarray | None = None) -> int:
         """Run over the rows with these base buffers (contiguous; dst writable);
         returns the first row where an EQUAL op fails, or `rows` when none does."""
-        # Kept to a few lines: this runs on every tick of the inference process,
-        # right after the model, where each line of Python costs several times
-        # its usual time.  from_buffer refuses a buffer that is not contiguous
-        # (or, for dst, not writable).
+        return lib.we_rows_run(self._ptr, self._n_ops, *self._bases(src, dst), self.rows)
+
+    def _bases(self, src: np.ndarray | None, dst: np.ndarray | None):
+        """The base buffers as cffi buffers, each checked to be as large as the
+        ops reach.  from_buffer refuses a buffer that is not contiguous (or,
+        for dst, not writable)."""
         s = _EMPTY if src is None else ffi.from_buffer("uint8_t[]", src)
         d = _EMPTY if dst is None else ffi.from_buffer("uint8_t[]", dst, require_writable=True)
         if len(s) < self._src_bytes or len(d) < self._dst_bytes:
             raise ValueError(f"row program base buffers: need {self._src_bytes} and {self._dst_bytes} bytes, "
                              f"got {len(s)} and {len(d)}")
-        return lib.we_rows_run(self._ptr, self._n_ops, s, d, self.rows)
-
+        return s, d
 
     def runner(self, dst: np.ndarray | None = None):
         """``run`` for many calls with one dst: a callable ``f(src=None) -> int``.
@@ -129,11 +130,7 @@ class RowProgram:
         """This program over these base buffers (contiguous; dst writable,
         each at least as large as the program needs), as one native
         ``we_rows_call``: for a ServeStep, which runs it in C every tick."""
-        s = _EMPTY if src is None else ffi.from_buffer("uint8_t[]", src)
-        d = _EMPTY if dst is None else ffi.from_buffer("uint8_t[]", dst, require_writable=True)
-        if len(s) < self._src_bytes or len(d) < self._dst_bytes:
-            raise ValueError(f"row program base buffers: need {self._src_bytes} and {self._dst_bytes} bytes, "
-                             f"got {len(s)} and {len(d)}")
+        s, d = self._bases(src, dst)
         call = ffi.new("we_rows_call *")
         call.ops, call.n_ops, call.rows = self._ptr, self._n_ops, self.rows
         call.src_base, call.dst_base = s, d

@@ -734,8 +734,9 @@ class PlanTick:
         return self.plan.scatter.bind(None, self._out), self.plan.gather.bind(requests, None)
 
     def run(self) -> bool:
-        """The model over inputs gathered by :meth:`calls`' gather: True; False
-        where the bound run failed (as in __call__; the plan is dropped)."""
+        """The model over inputs already gathered (by :meth:`calls`' gather or
+        __call__'s): True; False where the bound run failed (the plan is then
+        dropped: the numpy path serves such batches)."""
         try:
             timed_run(self._stats, self._run, self._binding)
         except Exception:  # noqa: BLE001 - the numpy path runs the model again and reports any error
@@ -748,14 +749,8 @@ class PlanTick:
         """Serve ``rows`` requests (payloads: rows * size bytes, C-contiguous)
         into the bound result array: True; False where run_plan would have
         returned False (then the plan may have been dropped, as there)."""
-        model = self.model
-        if model._plans.get(self._key) is not self.plan or self._gather(payloads) != self.rows:
-            return False
-        try:
-            timed_run(self._stats, self._run, self._binding)
-        except Exception:  # noqa: BLE001 - the numpy path runs the model again and reports any error
-            model._drop_plan(self.plan)
+        if self.model._plans.get(self._key) is not self.plan or self._gather(payloads) != self.rows \
+                or not self.run():
             return False
         self._scatter()
-        self._stats.requests += self.rows
         return True
